@@ -138,7 +138,8 @@ class BlockDiagonal(Structure):
         return value, jnp.diagonal(J, axis1=-2, axis2=-1).T.reshape(k * J.shape[0])
 
     def _blocks(self, v):
-        return jnp.swapaxes(v.reshape(*v.shape[:-1], self.block_size, -1), -1, -2)  # (..., m, k)
+        k = self.block_size
+        return jnp.swapaxes(v.reshape(*v.shape[:-1], k, v.shape[-1] // k), -1, -2)  # (..., m, k)
 
     def matvec(self, J, v):
         out = jnp.einsum("...mij,...mj->...mi", J, self._blocks(v), precision=_HIGHEST)
