@@ -9,7 +9,8 @@ nothing otherwise. Nested ``vmap`` levels are handled one at a time by recursion
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,9 @@ def carry_dtype(init) -> jnp.dtype:
     return jnp.result_type(*real_dtypes)
 
 
-def make_flattener(init) -> tuple[jax.Array, Callable[[Any], jax.Array], Callable[[jax.Array], Any]]:
+def make_flattener(
+    init,
+) -> tuple[jax.Array, Callable[[Any], jax.Array], Callable[[jax.Array], Any]]:
     """``(flat_init, flatten, unflatten)``: the carry as one real vector (complex leaves as their
     real parts followed by their imaginary parts), and the maps between carries and vectors."""
     dtype = carry_dtype(init)
@@ -94,7 +97,9 @@ def sequence_length(xs, length: int | None) -> int:
     if length is not None:
         _check_length(length)
         if int(length) != T:
-            raise ValueError(f"length={length} but xs has {T} steps along its leading axis ({first_path})")
+            raise ValueError(
+                f"length={length} but xs has {T} steps along its leading axis ({first_path})"
+            )
     return int(T)
 
 
@@ -106,11 +111,14 @@ def _check_length(length):
 def check_step_function(f, init, xs) -> Any:
     """Trace ``f`` once (abstractly) and check it returns ``(carry, y)`` with the carry's
     structure, shapes and dtypes unchanged. Returns the abstract ``y``."""
-    x0 = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), xs)
+    x0 = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), xs
+    )
     out = jax.eval_shape(f, init, x0)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
-            f"f must return a pair (new_carry, y), like jax.lax.scan's f; it returned {type(out).__name__}"
+            "f must return a pair (new_carry, y), like jax.lax.scan's f; it returned "
+            + type(out).__name__
             + (f" of length {len(out)}" if isinstance(out, tuple) else "")
         )
     new_carry, y = out

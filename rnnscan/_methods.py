@@ -52,7 +52,9 @@ class _Iterative(Method):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {value!r}")
-        if self.max_steps is not None and not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+        if self.max_steps is not None and not (
+            isinstance(self.max_steps, int) and self.max_steps >= 1
+        ):
             raise ValueError(
                 f"{type(self).__name__}: max_steps must be a positive int, got {self.max_steps!r}"
             )

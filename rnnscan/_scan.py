@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +173,9 @@ def _flatten_guess(guess, init, flatten, T):
     guess_def, init_def = jax.tree_util.tree_structure(guess), jax.tree_util.tree_structure(init)
     if guess_def != init_def:
         raise TypeError(f"guess must have the carry's structure {init_def}, got {guess_def}")
-    for (path, g), c in zip(jax.tree_util.tree_leaves_with_path(guess), jax.tree_util.tree_leaves(init)):
+    for (path, g), c in zip(
+        jax.tree_util.tree_leaves_with_path(guess), jax.tree_util.tree_leaves(init)
+    ):
         if jnp.shape(g) != (T,) + jnp.shape(c):
             raise ValueError(
                 f"guess{jax.tree_util.keystr(path)} has shape {jnp.shape(g)}; expected "
@@ -210,7 +213,5 @@ def scan(
                 ys.append(y)
             return carry, stack(ys[::-1] if reverse else ys)
     """
-    sol = solve(
-        f, init, xs, length, reverse, method=method, on_failure=on_failure, guess=guess
-    )
+    sol = solve(f, init, xs, length, reverse, method=method, on_failure=on_failure, guess=guess)
     return sol.final_carry, sol.ys

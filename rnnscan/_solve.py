@@ -8,7 +8,7 @@ function ``F(c_prev, x, *consts) -> c`` whose closed-over arrays have been made 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -100,7 +100,13 @@ def parallel_carries(F: Callable, method: Method, length: int, c0, xs, consts, g
         return k + 1, new_c, residual, converged | genuine, jnp.any(step_bad)
 
     dtype = c.dtype
-    init_state = (jnp.array(0, jnp.int32), c, jnp.array(jnp.inf, dtype), jnp.array(False), jnp.array(False))
+    init_state = (
+        jnp.array(0, jnp.int32),
+        c,
+        jnp.array(jnp.inf, dtype),
+        jnp.array(False),
+        jnp.array(False),
+    )
     k, c, residual, done, nonfinite = jax.lax.while_loop(cond, body, init_state)
     result = jnp.where(
         nonfinite, RESULTS.nonfinite, jnp.where(done, RESULTS.successful, RESULTS.max_steps_reached)

@@ -17,7 +17,7 @@ Stored Jacobians have shapes ``(n, n)``, ``(n,)`` and ``(n // k, k, k)`` per ste
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +109,9 @@ class BlockDiagonal(Structure):
 
     def __post_init__(self):
         if not (isinstance(self.block_size, int) and self.block_size >= 1):
-            raise ValueError(f"BlockDiagonal: block_size must be a positive int, got {self.block_size!r}")
+            raise ValueError(
+                f"BlockDiagonal: block_size must be a positive int, got {self.block_size!r}"
+            )
 
     def validate(self, n):
         if n % self.block_size:

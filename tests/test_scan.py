@@ -3,19 +3,19 @@
 import functools
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from helpers import (
     CELLS,
     TOLERANCES,
     bind,
-    jit_scan,
-    jit_solve,
     diagonal_lstm,
     diagonal_rnn,
     gru,
+    jit_scan,
+    jit_solve,
     linear,
     tanh_rnn,
     tree_allclose,
@@ -125,7 +125,9 @@ def test_check_grads(method):
     loss = lambda params, init, xs: _loss(
         f, functools.partial(jit_scan, method=method), params, init, xs
     )
-    jax.test_util.check_grads(loss, (params, init, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    jax.test_util.check_grads(
+        loss, (params, init, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,7 +213,9 @@ def test_vmap_each_sequence_has_its_own_statistics():
     xs = jax.random.normal(jax.random.PRNGKey(18), (3, 300, 2))
     xs = xs.at[2, 150].set(jnp.nan)  # a poisoned sequence: must fall back on its own
     final, ys = jax.vmap(lambda x: jax.lax.scan(step, init, x))(xs)
-    exact_carries = jax.vmap(lambda x: jax.lax.scan(lambda c, x: (step(c, x)[0],) * 2, init, x))(xs)[1]
+    exact_carries = jax.vmap(lambda x: jax.lax.scan(lambda c, x: (step(c, x)[0],) * 2, init, x))(
+        xs
+    )[1]
     # Sequence 1 starts from its exact solution, the others from zeros.
     guess = jnp.zeros_like(exact_carries).at[1].set(exact_carries[1])
     sols = jax.jit(jax.vmap(lambda x, g: rnnscan.solve(step, init, x, guess=g)))(xs, guess)
