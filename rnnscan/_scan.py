@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
@@ -22,12 +23,12 @@ def _flip(tree):
     return jax.tree_util.tree_map(lambda leaf: jnp.flip(leaf, axis=0), tree)
 
 
-def _sequential_solution(f, init, xs, length) -> Solution:
+def _sequential_solution(f, init, xs, length, unroll) -> Solution:
     def step(carry, x):
         carry, y = f(carry, x)
         return carry, (carry, y)
 
-    final_carry, (carries, ys) = jax.lax.scan(step, init, xs, length=length)
+    final_carry, (carries, ys) = jax.lax.scan(step, init, xs, length=length, unroll=unroll)
     zero = jnp.zeros((), carry_dtype(init))
     return Solution(
         final_carry=final_carry,
@@ -46,6 +47,7 @@ def solve(
     xs: PyTree = None,
     length: int | None = None,
     reverse: bool = False,
+    unroll: int | bool = 1,
     *,
     method: str | Method = "newton",
     on_failure: Literal["fallback", "raise", "return"] = "fallback",
@@ -107,6 +109,8 @@ def solve(
         xs: a pytree of arrays with a common leading time axis, or ``None`` with ``length``.
         length: the number of steps; required when ``xs`` is ``None``.
         reverse: run from the last step to the first, as in ``jax.lax.scan``.
+        unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (accepted by every
+            method, so that a ``jax.lax.scan`` call site can switch by changing its name).
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
             ``"sequential"`` or a method object.
         on_failure: ``"fallback"`` (default), ``"raise"`` or ``"return"``.
@@ -130,7 +134,7 @@ def solve(
         guess = None if guess is None else _flip(guess)
 
     if isinstance(method, Sequential) or T == 0:
-        sol = _sequential_solution(f, init, xs, T)
+        sol = _sequential_solution(f, init, xs, T, unroll)
     else:
         sol = _parallel_solution(f, init, xs, T, method, on_failure, guess)
 
@@ -148,7 +152,7 @@ def _parallel_solution(f, init, xs, T, method, on_failure, guess) -> Solution:
         return flatten(f(unflatten(c), x)[0])
 
     x_first = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
-    F_converted, consts = jax.closure_convert(F, c0, x_first)
+    F_converted, consts = _closure_convert(F, c0, x_first)
     if guess is not None:
         guess = jax.lax.stop_gradient(_flatten_guess(guess, init, flatten, T))
 
@@ -167,6 +171,27 @@ def _parallel_solution(f, init, xs, T, method, on_failure, guess) -> Solution:
         result=result,
         fell_back=fell_back,
     )
+
+
+def _closure_convert(F, c, x):
+    """``(F_converted, consts)`` with ``F_converted(c, x, *consts) == F(c, x)``.
+
+    Like ``jax.closure_convert``, but hoists *every* traced value that ``F`` closes over, not
+    only the differentiable ones: the custom VJP and the vmap rule of the fallback must not
+    close over batched tracers (e.g. per-sequence integer lengths under ``vmap``).
+    """
+    closed = jax.make_jaxpr(F)(c, x)
+    is_traced = [isinstance(const, jax.core.Tracer) for const in closed.consts]
+    traced = [const for const, t in zip(closed.consts, is_traced) if t]
+    fixed = [const for const, t in zip(closed.consts, is_traced) if not t]
+
+    def F_converted(c, x, *traced_values):
+        traced_iter, fixed_iter = iter(traced_values), iter(fixed)
+        consts = [next(traced_iter) if t else next(fixed_iter) for t in is_traced]
+        run = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(closed.jaxpr, consts))
+        return run(*jax.tree_util.tree_leaves((c, x)))[0]
+
+    return F_converted, traced
 
 
 def _flatten_guess(guess, init, flatten, T):
@@ -190,6 +215,7 @@ def scan(
     xs: PyTree = None,
     length: int | None = None,
     reverse: bool = False,
+    unroll: int | bool = 1,
     *,
     method: str | Method = "newton",
     on_failure: Literal["fallback", "raise", "return"] = "fallback",

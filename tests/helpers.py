@@ -146,7 +146,8 @@ def bind(f, params):
 
 # Jitted entry points for the tests: eager calls would compile every primitive separately.
 _STATIC = dict(
-    static_argnums=(0, 3, 4), static_argnames=("length", "reverse", "method", "on_failure")
+    static_argnums=(0, 3, 4, 5),
+    static_argnames=("length", "reverse", "unroll", "method", "on_failure"),
 )
 jit_solve = jax.jit(rnnscan.solve, **_STATIC)
 jit_scan = jax.jit(rnnscan.scan, **_STATIC)

@@ -315,3 +315,28 @@ def test_training_loop_matches_sequential():
         return params
 
     tree_allclose(train(jit_scan, params), train(jax.lax.scan, params), rtol=1e-8, atol=1e-10)
+
+
+def test_vmap_over_closed_over_integers_and_parameters():
+    """Per-sequence lengths (integers) and scales closed over by f, batched by vmap."""
+    W = 0.5 * jnp.eye(3)
+
+    def run(scan_fn, xs, length, scale):
+        def step(h, x):
+            t, u = x
+            new = jnp.tanh(scale * (W @ h) + u)
+            new = jnp.where(t < length, new, h)
+            return new, new
+
+        return scan_fn(step, jnp.zeros(3), (jnp.arange(xs.shape[0]), xs))[1]
+
+    xs = jax.random.normal(jax.random.PRNGKey(30), (2, 40, 3))
+    lengths, scales = jnp.array([5, 40]), jnp.array([1.0, 2.0])
+    loss = lambda scales, scan_fn: jax.vmap(functools.partial(run, scan_fn))(xs, lengths, scales)
+    tree_allclose(
+        jax.jit(loss, static_argnums=1)(scales, rnnscan.scan),
+        loss(scales, jax.lax.scan),
+        **TOLERANCES[jnp.float64],
+    )
+    grad = jax.grad(lambda s, scan_fn: jnp.sum(jnp.sin(loss(s, scan_fn))))
+    tree_allclose(grad(scales, rnnscan.scan), grad(scales, jax.lax.scan), rtol=1e-8, atol=1e-10)
