@@ -1,5 +1,6 @@
 """rnnscan: evaluate nonlinear recurrent networks in parallel over the sequence length."""
 
+from . import nn as nn
 from ._methods import FixedPoint as FixedPoint
 from ._methods import Method as Method
 from ._methods import Newton as Newton

@@ -1,0 +1,104 @@
+"""The gated recurrent unit, in the PyTorch / ``flax.linen`` form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.typing import Dtype, Initializer
+
+from ._base import (
+    Cell,
+    carry_dtype,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    gate_stacked,
+    promote_dtype,
+)
+
+
+class GRUCell(Cell):
+    r"""Gated recurrent unit (Cho et al., 2014), in the form of PyTorch's ``nn.GRU`` and
+    ``flax.linen.GRUCell``: the reset gate multiplies the hidden-side candidate *after* the
+    matmul and its bias b_hn:
+
+    .. math::
+
+        r &= \sigma(W_{ir} x + b_{ir} + W_{hr} h) \\
+        z &= \sigma(W_{iz} x + b_{iz} + W_{hz} h) \\
+        n &= \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})) \\
+        h' &= (1 - z) \odot n + z \odot h
+
+    (PyTorch's separate hidden biases b_hr, b_hz add to b_ir, b_iz, so they are left out.)
+    ``flax.nnx.GRUCell`` has no b_hn. The carry is h and the output is h'.
+
+    Parameters: ``input_kernel`` (d, 3n) = [W_ir | W_iz | W_in]ᵀ, ``input_bias`` (3n,),
+    ``recurrent_kernel`` (n, 3n) = [W_hr | W_hz | W_hn]ᵀ, ``recurrent_bias`` (n,) = b_hn:
+    3(nd + n² + n) + n in all. Initialisation: lecun-normal input kernels, an orthogonal
+    recurrent kernel per gate, zero biases.
+
+    Carry Jacobian: dense (every unit reads every other through W_h).
+
+    Args:
+        in_features: d, the input size.
+        hidden_features: n, the carry and output size.
+        gate_fn, activation_fn: σ and tanh above.
+        kernel_init, recurrent_kernel_init, bias_init: initialisers (the recurrent one is
+            applied to each gate's (n, n) block separately).
+        dtype: the computation dtype (default: inferred from inputs and parameters).
+        param_dtype: the parameters' dtype.
+        rngs: the random streams that initialise the parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
+        activation_fn: Callable[[jax.Array], jax.Array] = nnx.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+        self.dtype = dtype
+        self.carry_dtype = carry_dtype(dtype, param_dtype)
+        d, n = in_features, hidden_features
+        self.input_kernel = nnx.Param(
+            gate_stacked(kernel_init, 3)(rngs.params(), (d, 3 * n), param_dtype)
+        )
+        self.input_bias = nnx.Param(bias_init(rngs.params(), (3 * n,), param_dtype))
+        self.recurrent_kernel = nnx.Param(
+            gate_stacked(recurrent_kernel_init, 3)(rngs.params(), (n, 3 * n), param_dtype)
+        )
+        self.recurrent_bias = nnx.Param(bias_init(rngs.params(), (n,), param_dtype))
+
+    def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h, x, W_i, b_i, W_h, b_hn = promote_dtype(
+            (
+                carry,
+                inputs,
+                self.input_kernel[...],
+                self.input_bias[...],
+                self.recurrent_kernel[...],
+                self.recurrent_bias[...],
+            ),
+            dtype=self.dtype,
+        )
+        x_r, x_z, x_n = jnp.split(x @ W_i + b_i, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h @ W_h, 3, axis=-1)
+        r = self.gate_fn(x_r + h_r)
+        z = self.gate_fn(x_z + h_z)
+        n = self.activation_fn(x_n + r * (h_n + b_hn))
+        new_h = (1.0 - z) * n + z * h
+        return new_h, new_h

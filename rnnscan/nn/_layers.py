@@ -1,0 +1,353 @@
+"""Sequence layers that run any NNX cell with :func:`rnnscan.solve`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from .._methods import FixedPoint, Method, Newton, QuasiNewton, Sequential
+from .._scan import solve
+from .._solution import RESULTS
+from .._structure import Dense
+
+Carry = Any
+
+
+def resolve_method(method: str | Method, cell: nnx.Module) -> Method:
+    """The solver for ``cell``: a method name resolved with the cell's declared Jacobian
+    structure, or a method object unchanged.
+
+    ``"newton"`` -> ``Newton(jacobian=cell.jacobian_structure, carry_linear=cell.carry_linear)``,
+    ``"quasi_newton"`` -> ``QuasiNewton(jacobian=...)``, ``"fixed_point"`` ->
+    ``FixedPoint(jacobian=...)``, ``"sequential"`` -> ``Sequential()``. A cell without these
+    attributes (e.g. ``flax.nnx.GRUCell``) is taken as dense and nonlinear, which is always
+    correct, if not always the cheapest.
+    """
+    if isinstance(method, Method):
+        return method
+    structure = getattr(cell, "jacobian_structure", Dense())
+    carry_linear = bool(getattr(cell, "carry_linear", False))
+    if method == "newton":
+        return Newton(jacobian=structure, carry_linear=carry_linear)
+    if method == "quasi_newton":
+        return QuasiNewton(jacobian=structure)
+    if method == "fixed_point":
+        return FixedPoint(jacobian=structure)
+    if method == "sequential":
+        return Sequential()
+    raise ValueError(
+        "method must be 'newton', 'quasi_newton', 'fixed_point', 'sequential' or an rnnscan "
+        f"method object (rnnscan.Newton(...), ...); got {method!r}"
+    )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SolverStats:
+    """How the parallel solves of a batch went: one entry per sequence (the batch's shape).
+
+    Attributes:
+        iterations: parallel iterations taken (0 for ``"sequential"``, 1 for a cell that is
+            affine in its carry).
+        residual: the size of the last update, max |delta|.
+        result: an :class:`rnnscan.RESULTS` code for the parallel solve.
+        fell_back: whether the values were recomputed sequentially after a failed solve.
+    """
+
+    iterations: Int[Array, "*batch"]
+    residual: Float[Array, "*batch"]
+    result: Int[Array, "*batch"]
+    fell_back: Bool[Array, "*batch"]
+
+    @property
+    def converged(self) -> Bool[Array, "*batch"]:
+        """Whether each parallel solve converged."""
+        return self.result == RESULTS.successful
+
+    @property
+    def ok(self) -> Bool[Array, "*batch"]:
+        """Whether each sequence's values are exact (converged, or recomputed sequentially)."""
+        return jnp.logical_or(self.converged, self.fell_back)
+
+
+class RNN(nnx.Module):
+    r"""Runs an RNN cell over sequences, solving for all time steps in parallel.
+
+    A drop-in for ``flax.nnx.RNN`` (same constructor flags and call signature, same results up
+    to the solver tolerance) that evaluates the recurrence with :func:`rnnscan.solve` instead
+    of a sequential scan. Any NNX cell with the ``RNNCellBase`` interface works, flax's own
+    (``nnx.GRUCell``, ``nnx.LSTMCell``, ``nnx.OptimizedLSTMCell``, ``nnx.SimpleCell``)
+    included. A method name is resolved with the cell's declared ``jacobian_structure`` and
+    ``carry_linear`` (see :func:`resolve_method`), so ``"newton"`` is the cheapest exact
+    Newton method for the cell; cells without the attributes are treated as dense.
+
+    Batches are handled by ``jax.vmap`` over the sequences, so each sequence iterates until it
+    converges and reports its own statistics. The cell's parameters enter the solve as arrays
+    it closes over, and gradients w.r.t. them (``nnx.grad``) are those of the sequential scan,
+    computed by implicit differentiation.
+
+    Padded batches: with ``seq_lengths``, steps ``t >= seq_lengths[b]`` leave the carry
+    unchanged (their carry Jacobian is the identity, so the whole padded batch is still one
+    solve) and output zeros. The returned carry is the one after the last valid step, as in
+    flax. (flax runs the cell on the padding, so outputs at padded steps differ; valid steps
+    agree.)
+
+    Cells must be pure functions of ``(carry, x)`` and their parameters: state the cell
+    mutates while running (dropout RNG counters, ``sow``) is not carried out of the solve.
+
+    Args:
+        cell: the cell, e.g. :class:`rnnscan.nn.GRUCell` or ``flax.nnx.LSTMCell``.
+        method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
+            ``"sequential"`` or an rnnscan method object (used as given).
+        time_major: inputs are ``(time, *batch, features)`` rather than
+            ``(*batch, time, features)``.
+        return_carry: return ``(final_carry, outputs)`` rather than the outputs.
+        reverse: process the sequence from the end (of the valid steps) to the start.
+        keep_order: with ``reverse``, return outputs aligned with the inputs rather than in
+            processing order.
+        on_failure: what a solve that does not converge does: ``"fallback"`` (recompute
+            sequentially, the default), ``"raise"`` or ``"return"``.
+        sow_stats: also sow each call's :class:`SolverStats` as ``nnx.Intermediate`` under
+            ``"solver_stats"``, to collect from a whole model with
+            ``nnx.capture(model, nnx.Intermediate)``.
+        rngs: random stream for ``cell.initialize_carry``, as in ``flax.nnx.RNN`` (``True``
+            for a default stream, an ``nnx.Rngs``, or ``False``).
+    """
+
+    def __init__(
+        self,
+        cell: nnx.RNNCellBase,
+        *,
+        method: str | Method = "newton",
+        time_major: bool = False,
+        return_carry: bool = False,
+        reverse: bool = False,
+        keep_order: bool = False,
+        on_failure: Literal["fallback", "raise", "return"] = "fallback",
+        sow_stats: bool = False,
+        rngs: nnx.Rngs | bool = True,
+    ):
+        resolve_method(method, cell)  # fail early on a bad name
+        self.cell = cell
+        self.method = method
+        self.time_major = time_major
+        self.return_carry = return_carry
+        self.reverse = reverse
+        self.keep_order = keep_order
+        self.on_failure = on_failure
+        self.sow_stats = sow_stats
+        if rngs is True:
+            self.rngs = nnx.RngStream(0, tag="carry")
+        elif isinstance(rngs, nnx.Rngs):
+            self.rngs = rngs.carry.fork()
+        elif rngs is False:
+            self.rngs = nnx.data(None)
+        else:
+            raise TypeError(f"rngs must be an nnx.Rngs or a bool, got {type(rngs).__name__}")
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry: Carry | None = None,
+        seq_lengths: jax.Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+        return_stats: bool = False,
+    ):
+        """Run the cell over ``inputs``.
+
+        Args:
+            inputs: ``(*batch, time, *features)`` (or ``(time, *batch, *features)`` with
+                ``time_major``), where ``features`` has ``cell.num_feature_axes`` axes.
+            initial_carry: the carry to start from, with the batch axes; by default
+                ``cell.initialize_carry``'s.
+            seq_lengths: ``(*batch,)`` integer lengths of the valid prefix of each sequence.
+            return_carry, time_major, reverse, keep_order: override the constructor's flags.
+            rngs: random stream for ``cell.initialize_carry``.
+            return_stats: also return the :class:`SolverStats`.
+
+        Returns:
+            ``outputs`` or ``(final_carry, outputs)``; with ``return_stats``, that and the
+            stats as a pair.
+        """
+        return_carry = self.return_carry if return_carry is None else return_carry
+        time_major = self.time_major if time_major is None else time_major
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+
+        num_features = self.cell.num_feature_axes
+        if inputs.ndim < num_features + 1:
+            raise ValueError(
+                f"inputs of shape {inputs.shape} have no time axis: expected "
+                f"(*batch, time, *features) with {num_features} feature axes"
+            )
+        # Work batch-major: (*batch, time, *features).
+        if time_major:
+            inputs = jnp.moveaxis(inputs, 0, inputs.ndim - num_features - 1)
+        batch_shape = inputs.shape[: inputs.ndim - num_features - 1]
+        length = inputs.shape[len(batch_shape)]
+        feature_shape = inputs.shape[len(batch_shape) + 1 :]
+
+        if initial_carry is None:
+            if rngs is None:
+                rngs = self.rngs
+            if isinstance(rngs, nnx.Rngs):
+                rngs = rngs.carry.fork()
+            initial_carry = self.cell.initialize_carry(batch_shape + feature_shape, rngs)
+
+        # One flat batch axis to vmap over.
+        num_sequences = math.prod(batch_shape)
+        inputs = inputs.reshape((num_sequences, length) + feature_shape)
+        initial_carry = jax.tree_util.tree_map(
+            lambda leaf: leaf.reshape((num_sequences,) + leaf.shape[len(batch_shape) :]),
+            initial_carry,
+        )
+        if seq_lengths is not None:
+            seq_lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape)
+            seq_lengths = seq_lengths.reshape(num_sequences)
+
+        graphdef, state = nnx.split(self.cell)
+        method = resolve_method(self.method, self.cell)
+        on_failure = self.on_failure
+
+        def run_sequence(carry, xs, seq_length):
+            # A fresh module from the split state: the solve sees a pure step function whose
+            # closed-over parameter arrays it can differentiate.
+            cell = nnx.merge(graphdef, state)
+            if seq_length is None:
+                step, step_inputs = cell, xs
+            else:
+                step, step_inputs = _masked(cell), (xs, jnp.arange(length) < seq_length)
+            sol = solve(
+                step, carry, step_inputs, reverse=reverse, method=method, on_failure=on_failure
+            )
+            outputs = sol.ys
+            if reverse and not keep_order:
+                outputs = _processing_order(outputs, length, seq_length)
+            stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
+            return sol.final_carry, outputs, stats
+
+        final_carry, outputs, stats = jax.vmap(run_sequence)(initial_carry, inputs, seq_lengths)
+
+        def unflatten_batch(leaf, time_axis=False):
+            leaf = leaf.reshape(batch_shape + leaf.shape[1:])
+            if time_axis and time_major:
+                leaf = jnp.moveaxis(leaf, len(batch_shape), 0)
+            return leaf
+
+        final_carry = jax.tree_util.tree_map(unflatten_batch, final_carry)
+        outputs = jax.tree_util.tree_map(lambda leaf: unflatten_batch(leaf, True), outputs)
+        stats = jax.tree_util.tree_map(unflatten_batch, stats)
+        if self.sow_stats:
+            self.sow(nnx.Intermediate, "solver_stats", stats)
+
+        result = (final_carry, outputs) if return_carry else outputs
+        return (result, stats) if return_stats else result
+
+
+def _masked(cell: Callable) -> Callable:
+    """The step of a padded sequence: the cell's on valid steps; at padded steps the carry is
+    kept (an identity Jacobian, which every structure represents and which is affine) and the
+    output is zero."""
+
+    def step(carry, x_and_valid):
+        x, valid = x_and_valid
+        new_carry, y = cell(carry, x)
+        new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
+        y = jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), y)
+        return new_carry, y
+
+    return step
+
+
+def _processing_order(outputs, length: int, seq_length):
+    """Reorder a reversed scan's outputs (aligned with the inputs) into the order they were
+    computed: the valid prefix flipped, the padding left in place (flax's ``flip_sequences``
+    convention)."""
+    t = jnp.arange(length)
+    if seq_length is None:
+        source = t[::-1]
+    else:
+        source = jnp.where(t < seq_length, seq_length - 1 - t, t)
+    return jax.tree_util.tree_map(lambda leaf: leaf[source], outputs)
+
+
+def _concatenate(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.concatenate([a, b], axis=-1)
+
+
+class Bidirectional(nnx.Module):
+    """Runs one RNN forwards and one backwards over the sequence and merges their outputs, like
+    ``flax.nnx.Bidirectional`` (padding-aware: the backward RNN starts at each sequence's last
+    valid step).
+
+    Args:
+        forward_rnn, backward_rnn: :class:`RNN` layers (or anything with their call signature).
+        merge_fn: combines the two output sequences (default: concatenate the features).
+        time_major, return_carry: as for :class:`RNN`.
+    """
+
+    def __init__(
+        self,
+        forward_rnn: RNN,
+        backward_rnn: RNN,
+        *,
+        merge_fn: Callable[[jax.Array, jax.Array], jax.Array] = _concatenate,
+        time_major: bool = False,
+        return_carry: bool = False,
+    ):
+        if forward_rnn is backward_rnn:
+            warnings.warn(
+                "forward_rnn and backward_rnn are the same object, so they share parameters",
+                stacklevel=2,
+            )
+        self.forward_rnn = forward_rnn
+        self.backward_rnn = backward_rnn
+        self.merge_fn = merge_fn
+        self.time_major = time_major
+        self.return_carry = return_carry
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry: tuple[Carry, Carry] | None = None,
+        seq_lengths: jax.Array | None = None,
+        return_carry: bool | None = None,
+        time_major: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+        return_stats: bool = False,
+    ):
+        """Returns ``outputs`` or ``((forward_carry, backward_carry), outputs)``; with
+        ``return_stats``, that and ``(forward_stats, backward_stats)`` as a pair."""
+        return_carry = self.return_carry if return_carry is None else return_carry
+        time_major = self.time_major if time_major is None else time_major
+        forward_init, backward_init = (None, None) if initial_carry is None else initial_carry
+        common = dict(
+            seq_lengths=seq_lengths,
+            return_carry=True,
+            time_major=time_major,
+            rngs=rngs,
+            return_stats=True,
+        )
+        (forward_carry, forward_out), forward_stats = self.forward_rnn(
+            inputs, initial_carry=forward_init, reverse=False, **common
+        )
+        (backward_carry, backward_out), backward_stats = self.backward_rnn(
+            inputs, initial_carry=backward_init, reverse=True, keep_order=True, **common
+        )
+        outputs = jax.tree_util.tree_map(self.merge_fn, forward_out, backward_out)
+        result = ((forward_carry, backward_carry), outputs) if return_carry else outputs
+        return (result, (forward_stats, backward_stats)) if return_stats else result

@@ -1,0 +1,106 @@
+"""The long short-term memory cell."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.typing import Dtype, Initializer
+
+from ._base import (
+    Cell,
+    carry_dtype,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    gate_stacked,
+    make_carry,
+    promote_dtype,
+)
+
+
+class LSTMCell(Cell):
+    r"""Long short-term memory (Hochreiter & Schmidhuber, 1997; with the forget gate of Gers et
+    al., 2000), with ``flax.nnx.LSTMCell``'s equations and carry order ``(c, h)``:
+
+    .. math::
+
+        i &= \sigma(W_{ii} x + W_{hi} h + b_i) \\
+        f &= \sigma(W_{if} x + W_{hf} h + b_f) \\
+        g &= \tanh(W_{ig} x + W_{hg} h + b_g) \\
+        o &= \sigma(W_{io} x + W_{ho} h + b_o) \\
+        c' &= f \odot c + i \odot g \\
+        h' &= o \odot \tanh(c')
+
+    The carry is ``(c, h)`` and the output is h'.
+
+    Parameters: ``input_kernel`` (d, 4n), ``recurrent_kernel`` (n, 4n), ``bias`` (4n,), gates
+    in the order i, f, g, o: 4(nd + n² + n) in all. Initialisation: lecun-normal input kernel,
+    an orthogonal recurrent kernel per gate, zero biases except b_f = ``forget_bias``
+    (1 by default, Jozefowicz et al. 2015: the cell starts by remembering).
+
+    Carry Jacobian: dense.
+
+    Args:
+        in_features: d, the input size.
+        hidden_features: n, the size of c, h and the output.
+        forget_bias: the initial value of the forget gate's bias b_f (a parameter, trained).
+        gate_fn, activation_fn: σ and tanh above.
+        kernel_init, recurrent_kernel_init, bias_init: initialisers.
+        dtype: the computation dtype (default: inferred from inputs and parameters).
+        param_dtype: the parameters' dtype.
+        rngs: the random streams that initialise the parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        forget_bias: float = 1.0,
+        gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
+        activation_fn: Callable[[jax.Array], jax.Array] = nnx.tanh,
+        kernel_init: Initializer = default_kernel_init,
+        recurrent_kernel_init: Initializer = default_recurrent_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+        self.dtype = dtype
+        self.carry_dtype = carry_dtype(dtype, param_dtype)
+        d, n = in_features, hidden_features
+        self.input_kernel = nnx.Param(
+            gate_stacked(kernel_init, 4)(rngs.params(), (d, 4 * n), param_dtype)
+        )
+        self.recurrent_kernel = nnx.Param(
+            gate_stacked(recurrent_kernel_init, 4)(rngs.params(), (n, 4 * n), param_dtype)
+        )
+        bias = bias_init(rngs.params(), (4 * n,), param_dtype)
+        self.bias = nnx.Param(bias.at[n : 2 * n].add(forget_bias))
+
+    def __call__(
+        self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        c, h = carry
+        c, h, x, W_i, W_h, b = promote_dtype(
+            (c, h, inputs, self.input_kernel[...], self.recurrent_kernel[...], self.bias[...]),
+            dtype=self.dtype,
+        )
+        i, f, g, o = jnp.split(x @ W_i + h @ W_h + b, 4, axis=-1)
+        new_c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
+        new_h = self.gate_fn(o) * self.activation_fn(new_c)
+        return (new_c, new_h), new_h
+
+    def initialize_carry(self, input_shape, rngs=None, carry_init=None):
+        """Zero ``(c, h)`` (or ``carry_init``'s) for inputs of shape ``(*batch, in_features)``."""
+        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
+        c = make_carry(shape, self.carry_dtype, rngs, carry_init)
+        h = make_carry(shape, self.carry_dtype, rngs, carry_init)
+        return c, h
