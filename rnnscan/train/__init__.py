@@ -1,0 +1,63 @@
+"""Train sequence classifiers on long time series, with RNNs evaluated in parallel over time.
+
+The pipeline behind ``python -m rnnscan.train --config configs/eigenworms_gru.yaml``:
+an :class:`rnnscan.nn.SequenceClassifier` (any cell, any solver), optax (Adam/AdamW,
+global-norm clipping, a schedule), early stopping on validation accuracy with the best
+parameters evaluated on the test part, orbax checkpoints from which a killed run
+resumes exactly, metrics as JSON lines, and a plot of the curves.
+
+Example::
+
+    from rnnscan.train import load_config, train
+
+    config = load_config("configs/worm_sample_small.yaml", ["train.epochs=5"])
+    result = train(config)
+    result.summary["test"]["accuracy"], result.out_dir
+
+Configs are YAML files of :class:`TrainConfig` sections (``data``, ``model``,
+``optim``, ``train``, ``checkpoint``); any key can be overridden
+(``load_config(path, ["optim.lr=3e-4", "model.method=sequential"])``, or on the
+command line ``--set optim.lr=3e-4`` / ``--optim.lr=3e-4``).
+"""
+
+from ._config import CheckpointConfig as CheckpointConfig
+from ._config import ConfigError as ConfigError
+from ._config import DataConfig as DataConfig
+from ._config import LoopConfig as LoopConfig
+from ._config import ModelConfig as ModelConfig
+from ._config import OptimConfig as OptimConfig
+from ._config import TrainConfig as TrainConfig
+from ._config import apply_overrides as apply_overrides
+from ._config import load_config as load_config
+from ._data import cv_split as cv_split
+from ._data import epoch_order as epoch_order
+from ._data import load_dataset as load_dataset
+from ._data import stratified_folds as stratified_folds
+from ._loop import CrossValidationResult as CrossValidationResult
+from ._loop import TrainResult as TrainResult
+from ._loop import cross_validate as cross_validate
+from ._loop import train as train
+from ._metrics import read_metrics as read_metrics
+from ._plot import plot_curves as plot_curves
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "CrossValidationResult",
+    "DataConfig",
+    "LoopConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainResult",
+    "apply_overrides",
+    "cross_validate",
+    "cv_split",
+    "epoch_order",
+    "load_config",
+    "load_dataset",
+    "plot_curves",
+    "read_metrics",
+    "stratified_folds",
+    "train",
+]

@@ -1,0 +1,141 @@
+"""Command line: ``python -m rnnscan.train --config configs/eigenworms_gru.yaml [overrides]``.
+
+Overrides, applied in order after the config file:
+
+* ``--set KEY=VALUE`` (repeatable), e.g. ``--set optim.lr=3e-4``;
+* ``--SECTION.KEY=VALUE`` or ``--SECTION.KEY VALUE``, e.g. ``--model.cell lstm``;
+* shortcuts ``--method`` (model.method), ``--data-dir`` (data.data_dir),
+  ``--out-dir`` (out_dir), ``--seed`` (train.seed).
+
+``--resume RUN_DIR`` continues an interrupted run from its last checkpoint, with the
+configuration saved in ``RUN_DIR/config.yaml`` (rerunning the original command with
+``--out-dir RUN_DIR`` does the same). Values are parsed as YAML: ``null``, ``true``,
+``3e-4``, ``[0.7, 0.15, 0.15]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._config import ConfigError, apply_overrides, load_config, parse_override
+
+SHORTCUTS = {
+    "method": "model.method",
+    "data_dir": "data.data_dir",
+    "out_dir": "out_dir",
+    "seed": "train.seed",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rnnscan.train",
+        description="Train an rnnscan sequence classifier (RNNs evaluated in parallel over time).",
+        epilog="Any config key can be overridden: --set optim.lr=3e-4 or --optim.lr=3e-4.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="resume a run directory")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    parser.add_argument("--method", help="model.method: sequential | newton | quasi_newton | ...")
+    parser.add_argument("--data-dir", help="data.data_dir")
+    parser.add_argument("--out-dir", help="out_dir (the run directory)")
+    parser.add_argument("--seed", type=int, help="train.seed")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    return parser
+
+
+def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
+    """``--section.key=value`` / ``--section.key value`` tokens as ``key=value`` strings."""
+    overrides = []
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {token!r} (config keys look like --optim.lr=1e-3)")
+        if "=" in token:
+            overrides.append(token[2:])
+            i += 1
+        elif i + 1 < len(extra):
+            overrides.append(f"{token[2:]}={extra[i + 1]}")
+            i += 2
+        else:
+            parser.error(f"{token} needs a value")
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = list(args.overrides) + _dotted_overrides(parser, extra)
+    for name, key in SHORTCUTS.items():
+        value = getattr(args, name)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        for text in overrides:
+            parse_override(text)  # report malformed overrides before loading anything
+        if args.resume is not None:
+            if args.config is not None:
+                parser.error("give either --config or --resume, not both")
+            config = load_config(args.resume / "config.yaml", overrides)
+            config = apply_overrides(config, {"out_dir": str(args.resume)})
+        else:
+            config = load_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+
+    from ._loop import _resolve_out_dir, cross_validate, train
+
+    cv = config.data.cv_folds > 2 and config.data.cv_fold is None
+    out_dir = _resolve_out_dir(config, suffix="-cv" if cv else "")
+    config = apply_overrides(config, {"out_dir": str(out_dir)})
+    try:
+        if cv:
+            result = cross_validate(config)
+            s = result.summary
+            print(
+                f"{s['folds']}-fold CV test accuracy: {s['test_accuracy_pooled']:.4f} "
+                f"({s['test_correct']}/{s['test_count']} series; per fold "
+                f"{', '.join(f'{a:.3f}' for a in s['test_accuracy_per_fold'])}); "
+                f"{out_dir / 'cv_summary.json'}"
+            )
+        else:
+            result = train(config)
+            test = result.summary["test"]
+            best = result.summary["best"]
+            print(f"run directory: {result.out_dir}")
+            print(f"best validation accuracy: {best['val_accuracy']} (step {best['step']})")
+            if test is not None:
+                print(
+                    f"test accuracy (best checkpoint): {test['accuracy']:.4f} "
+                    f"({test['correct']}/{test['count']})"
+                )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; resume with: python -m rnnscan.train --resume {out_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
