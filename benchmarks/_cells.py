@@ -1,0 +1,43 @@
+"""The cells a configuration can name, built from ``rnnscan.nn``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Configuration name -> rnnscan.nn class name. Imported lazily, so that reading
+# configurations and results does not import JAX.
+CELL_CLASSES = {
+    "gru": "GRUCell",
+    "lstm": "LSTMCell",
+    "min_gru": "MinGRUCell",
+    "cprnn": "CPRNNCell",
+    "diag_gru": "DiagGRUCell",
+}
+CELL_NAMES = tuple(CELL_CLASSES)
+
+# Constructor arguments used unless the configuration's cell_options say otherwise.
+DEFAULT_CELL_OPTIONS: dict[str, dict[str, Any]] = {"cprnn": {"rank": 8}}
+
+
+def cell_options(name: str, config_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The extra constructor arguments for cell ``name``: defaults, then the configuration's."""
+    return {**DEFAULT_CELL_OPTIONS.get(name, {}), **(config_options or {}).get(name, {})}
+
+
+def make_cell(
+    name: str, in_features: int, hidden: int, dtype: str, seed: int, options: dict[str, Any]
+):
+    """An ``rnnscan.nn`` cell with parameters of ``dtype``, initialised from ``seed``."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import rnnscan.nn
+
+    cls = getattr(rnnscan.nn, CELL_CLASSES[name])
+    return cls(
+        in_features,
+        hidden,
+        param_dtype=jnp.dtype(dtype),
+        rngs=nnx.Rngs(seed),
+        **cell_options(name, options),
+    )
