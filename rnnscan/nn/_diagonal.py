@@ -23,9 +23,10 @@ from ._base import (
     default_diagonal_recurrent_init,
     default_kernel_init,
     gate_stacked,
-    make_carry,
     promote_dtype,
 )
+from ._gru import gru_update
+from ._lstm import lstm_carry, lstm_update
 
 
 class DiagGRUCell(Cell):
@@ -90,12 +91,16 @@ class DiagGRUCell(Cell):
             ),
             dtype=self.dtype,
         )
-        x_r, x_z, x_n = jnp.split(x @ W_i + b_i, 3, axis=-1)
-        a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
-        r = self.gate_fn(x_r + a_r * h)
-        z = self.gate_fn(x_z + a_z * h)
-        n = self.activation_fn(x_n + r * (a_n * h + b_hn))
-        new_h = (1.0 - z) * n + z * h
+        # [a_r | a_z | a_n] ⊙ [h | h | h]: the diagonal recurrent part of each gate.
+        recurrent = a * jnp.concatenate([h] * 3, axis=-1)
+        new_h = gru_update(
+            h,
+            x @ W_i + b_i,
+            recurrent,
+            b_hn,
+            gate_fn=self.gate_fn,
+            activation_fn=self.activation_fn,
+        )
         return new_h, new_h
 
 
@@ -162,14 +167,9 @@ class DiagLSTMCell(Cell):
         )
         # h broadcast over the four gates: [a_i | a_f | a_g | a_o] ⊙ [h | h | h | h].
         gates = x @ W_i + a * jnp.concatenate([h] * 4, axis=-1) + b
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        new_c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
-        new_h = self.gate_fn(o) * self.activation_fn(new_c)
+        new_c, new_h = lstm_update(c, gates, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
         return (new_c, new_h), new_h
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         """Zero ``(c, h)`` (or ``carry_init``'s) for inputs of shape ``(*batch, in_features)``."""
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
-        c = make_carry(shape, self.carry_dtype, rngs, carry_init)
-        h = make_carry(shape, self.carry_dtype, rngs, carry_init)
-        return c, h
+        return lstm_carry(self, input_shape, rngs, carry_init)

@@ -95,10 +95,18 @@ class GRUCell(Cell):
             ),
             dtype=self.dtype,
         )
-        x_r, x_z, x_n = jnp.split(x @ W_i + b_i, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(h @ W_h, 3, axis=-1)
-        r = self.gate_fn(x_r + h_r)
-        z = self.gate_fn(x_z + h_z)
-        n = self.activation_fn(x_n + r * (h_n + b_hn))
-        new_h = (1.0 - z) * n + z * h
+        new_h = gru_update(
+            h, x @ W_i + b_i, h @ W_h, b_hn, gate_fn=self.gate_fn, activation_fn=self.activation_fn
+        )
         return new_h, new_h
+
+
+def gru_update(h, input_part, recurrent_part, b_hn, *, gate_fn, activation_fn):
+    """The GRU gating given the input projections [x_r | x_z | x_n] (biases included) and the
+    recurrent ones [h_r | h_z | h_n] (dense ``h @ W_h`` or diagonal ``a * h``)."""
+    x_r, x_z, x_n = jnp.split(input_part, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(recurrent_part, 3, axis=-1)
+    r = gate_fn(x_r + h_r)
+    z = gate_fn(x_z + h_z)
+    n = activation_fn(x_n + r * (h_n + b_hn))
+    return (1.0 - z) * n + z * h

@@ -93,14 +93,26 @@ class LSTMCell(Cell):
             (c, h, inputs, self.input_kernel[...], self.recurrent_kernel[...], self.bias[...]),
             dtype=self.dtype,
         )
-        i, f, g, o = jnp.split(x @ W_i + h @ W_h + b, 4, axis=-1)
-        new_c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
-        new_h = self.gate_fn(o) * self.activation_fn(new_c)
+        new_c, new_h = lstm_update(
+            c, x @ W_i + h @ W_h + b, gate_fn=self.gate_fn, activation_fn=self.activation_fn
+        )
         return (new_c, new_h), new_h
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         """Zero ``(c, h)`` (or ``carry_init``'s) for inputs of shape ``(*batch, in_features)``."""
-        shape = tuple(input_shape[:-1]) + (self.hidden_features,)
-        c = make_carry(shape, self.carry_dtype, rngs, carry_init)
-        h = make_carry(shape, self.carry_dtype, rngs, carry_init)
-        return c, h
+        return lstm_carry(self, input_shape, rngs, carry_init)
+
+
+def lstm_update(c, gates, *, gate_fn, activation_fn):
+    """``(c', h')`` from the pre-activations [i | f | g | o] of the four gates."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    new_c = gate_fn(f) * c + gate_fn(i) * activation_fn(g)
+    return new_c, gate_fn(o) * activation_fn(new_c)
+
+
+def lstm_carry(cell, input_shape, rngs, carry_init):
+    """An LSTM-style ``(c, h)`` carry for inputs of shape ``(*batch, in_features)``."""
+    shape = tuple(input_shape[:-1]) + (cell.hidden_features,)
+    c = make_carry(shape, cell.carry_dtype, rngs, carry_init)
+    h = make_carry(shape, cell.carry_dtype, rngs, carry_init)
+    return c, h
