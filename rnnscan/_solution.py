@@ -28,9 +28,27 @@ class RESULTS:
         return cls._messages[int(code)]
 
 
+class Outcome:
+    """``converged`` and ``ok`` from the ``result`` and ``fell_back`` fields of a subclass
+    (elementwise, so they hold per sequence under ``vmap``)."""
+
+    result: Int[Array, "..."]
+    fell_back: Bool[Array, "..."]
+
+    @property
+    def converged(self) -> Bool[Array, "..."]:
+        """Whether the parallel solve converged."""
+        return self.result == RESULTS.successful
+
+    @property
+    def ok(self) -> Bool[Array, "..."]:
+        """Whether the values are to be trusted (converged, or recomputed exactly)."""
+        return jnp.logical_or(self.converged, self.fell_back)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Solution:
+class Solution(Outcome):
     """The result of :func:`rnnscan.solve`.
 
     Attributes:
@@ -55,13 +73,3 @@ class Solution:
     residual: Float[Array, ""]
     result: Int[Array, ""]
     fell_back: Bool[Array, ""]
-
-    @property
-    def converged(self) -> Bool[Array, ""]:
-        """Whether the parallel solve converged."""
-        return self.result == RESULTS.successful
-
-    @property
-    def ok(self) -> Bool[Array, ""]:
-        """Whether the returned values are to be trusted (converged, or recomputed exactly)."""
-        return jnp.logical_or(self.converged, self.fell_back)

@@ -15,7 +15,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._methods import FixedPoint, Method, Newton, QuasiNewton, Sequential
 from .._scan import solve
-from .._solution import RESULTS
+from .._solution import Outcome
 from .._structure import Dense
 
 Carry = Any
@@ -51,7 +51,7 @@ def resolve_method(method: str | Method, cell: nnx.Module) -> Method:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SolverStats:
+class SolverStats(Outcome):
     """How the parallel solves of a batch went: one entry per sequence (the batch's shape).
 
     Attributes:
@@ -66,16 +66,6 @@ class SolverStats:
     residual: Float[Array, "*batch"]
     result: Int[Array, "*batch"]
     fell_back: Bool[Array, "*batch"]
-
-    @property
-    def converged(self) -> Bool[Array, "*batch"]:
-        """Whether each parallel solve converged."""
-        return self.result == RESULTS.successful
-
-    @property
-    def ok(self) -> Bool[Array, "*batch"]:
-        """Whether each sequence's values are exact (converged, or recomputed sequentially)."""
-        return jnp.logical_or(self.converged, self.fell_back)
 
 
 class RNN(nnx.Module):
