@@ -104,6 +104,10 @@ class QuasiNewton(_Iterative):
     ``jacobian`` declares the exact structure of the carry Jacobian; the forward pass uses its
     exact diagonal, the gradient uses the whole structure (an approximate adjoint would give
     wrong gradients). Default cap: 200 iterations.
+
+    Convergence is linear, not quadratic: when an update of size u contracts by a factor rho per
+    iteration, the error left is about u rho / (1 - rho), so tighten ``rtol``/``atol`` for weakly
+    contractive cells if the stopping tolerance must bound the error.
     """
 
     default_max_steps = 200
@@ -114,7 +118,9 @@ class FixedPoint(_Iterative):
     r"""Jacobi / Picard iteration: c^{k+1}_t = F(c^k_{t-1}, x_t) for all t at once (J_t = 0).
 
     Exact after at most T iterations; fast only for strongly contractive cells. ``jacobian`` is
-    the exact structure used by the gradient. Default cap: 1000 iterations.
+    the exact structure used by the gradient. Default cap: 1000 iterations. As for
+    :class:`QuasiNewton`, convergence is linear, so the error can exceed the last update by a
+    factor of about rho / (1 - rho) for a contraction factor rho.
     """
 
     default_max_steps = 1000
