@@ -5,8 +5,8 @@ Per (cell, batch, dtype):
 - ``speedup-<cell>-B<batch>-<dtype>.png``: heatmaps of the speed-up over ``jax.lax.scan``,
   sequence length T (columns) × hidden size n (rows), one panel per parallel method, forward
   pass (top row) and training step (bottom row). Log colour scale centred at 1×: blue is
-  faster than the sequential scan, red slower. Entries: the speed-up, or OOM / skip / err;
-  ``†`` marks a solve that fell back to the sequential scan.
+  faster than the sequential scan, red slower, grey not run. Entries: the speed-up, or
+  OOM / skip / err; ``†`` marks a solve that fell back to the sequential scan.
 - ``time-<cell>-B<batch>-<dtype>.png``: median time per call against T, one panel per
   hidden size and mode, one line per method (sequential in black).
 - ``memory-<cell>-B<batch>-<dtype>.png``: XLA's memory analysis of each compiled program
@@ -34,6 +34,12 @@ from ._results import with_speedups  # noqa: E402
 
 MODES = ("forward", "train")
 MODE_LABELS = {"forward": "forward pass", "train": "training step"}
+METHOD_STYLES = {
+    "sequential": dict(ls="-", marker="o"),
+    "newton": dict(ls="-", marker="o"),
+    "quasi_newton": dict(ls="--", marker="s"),
+    "fixed_point": dict(ls=":", marker="^"),
+}
 METHOD_COLOURS = {
     "sequential": "black",
     "newton": "tab:blue",
@@ -56,6 +62,8 @@ def _speedup_label(speedup: float) -> str:
         return f"{speedup:.0f}×"
     if speedup >= 10:
         return f"{speedup:.1f}×"
+    if speedup >= 0.1:
+        return f"{speedup:.2f}×"
     return f"{speedup:.2g}×"
 
 
@@ -97,7 +105,7 @@ def plot_speedup_heatmaps(rows: list[dict[str, Any]], title: str, path: Path) ->
     fig, axes = plt.subplots(
         len(modes),
         len(methods),
-        figsize=(panel_width * len(methods) + 1.2, panel_height * len(modes) + 0.9),
+        figsize=(max(panel_width * len(methods) + 1.2, 4.8), panel_height * len(modes) + 1.1),
         squeeze=False,
         layout="constrained",
     )
@@ -143,7 +151,7 @@ def plot_speedup_heatmaps(rows: list[dict[str, Any]], title: str, path: Path) ->
                 ax.set_ylabel("hidden size n")
     colorbar = fig.colorbar(image, ax=axes, shrink=0.9)
     ticks = [t for t in range(-math.ceil(limit), math.ceil(limit) + 1) if abs(t) <= limit]
-    colorbar.set_ticks(ticks, labels=[_speedup_label(10.0**t) for t in ticks])
+    colorbar.set_ticks(ticks, labels=[f"{10.0**t:g}×" for t in ticks])
     colorbar.set_label("speed-up over jax.lax.scan (log scale)")
     fig.suptitle(f"{title}\n{_subtitle(rows)}", fontsize=11)
     fig.savefig(path, dpi=110)
@@ -152,17 +160,22 @@ def plot_speedup_heatmaps(rows: list[dict[str, Any]], title: str, path: Path) ->
 
 
 def _curves(
-    rows: list[dict[str, Any]], title: str, path: Path, *, value, ylabel: str
+    rows: list[dict[str, Any]], title: str, path: Path, *, value, ylabel: str, extra=None
 ) -> Path | None:
-    """One panel per (mode, hidden size): ``value(row)`` against T, one line per method."""
+    """One panel per (mode, hidden size): ``value(row)`` against T, one line per method;
+    ``extra(row)``, if given, as unconnected crosses (the device's measured peak)."""
     modes = [m for m in MODES if any(r["case"]["mode"] == m for r in rows)]
     hiddens = sorted({r["case"]["hidden"] for r in rows})
     points: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
+    crosses: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for row in rows:
+        c = row["case"]
         v = value(row)
         if v:
-            c = row["case"]
             points[(c["mode"], c["hidden"], c["method"])].append((c["length"], v))
+        x = extra(row) if extra else None
+        if x:
+            crosses[(c["mode"], c["hidden"], c["method"])].append((c["length"], x))
     if not points:
         return None
     fig, axes = plt.subplots(
@@ -178,9 +191,14 @@ def _curves(
             ax = axes[i][j]
             for method in METHOD_ORDER:
                 line = sorted(points.get((mode, n, method), []))
+                colour = METHOD_COLOURS[method]
                 if line:
                     xs, ys = zip(*line)
-                    ax.plot(xs, ys, marker="o", ms=3, color=METHOD_COLOURS[method], label=method)
+                    ax.plot(xs, ys, ms=3, color=colour, label=method, **METHOD_STYLES[method])
+                marks = crosses.get((mode, n, method))
+                if marks:
+                    xs, ys = zip(*marks)
+                    ax.plot(xs, ys, "x", ms=6, color=colour, label=f"{method}, device peak")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.grid(True, which="major", alpha=0.3)
@@ -195,7 +213,7 @@ def _curves(
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
     fig.suptitle(f"{title}\n{_subtitle(rows)}", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -209,6 +227,14 @@ def _median(row: dict[str, Any]) -> float | None:
 def _xla_bytes(row: dict[str, Any]) -> float | None:
     analysis = (row.get("memory") or {}).get("xla")
     return analysis["total_bytes"] if analysis and row["status"] == "ok" else None
+
+
+def _device_peak(row: dict[str, Any]) -> float | None:
+    """The allocator's peak, where the backend reports one and this case set it."""
+    memory = row.get("memory") or {}
+    if row["status"] == "ok" and memory.get("device_peak_set_by_case"):
+        return memory.get("device_peak_bytes")
+    return None
 
 
 def plot_deer_comparison(rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -263,7 +289,7 @@ def plot_all(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         title = f"{cell}, batch {batch}, {dtype}"
         written.append(
             plot_speedup_heatmaps(
-                group, f"Speed-up over jax.lax.scan: {title}", out_dir / f"speedup-{stem}.png"
+                group, f"Speed-up over jax.lax.scan\n{title}", out_dir / f"speedup-{stem}.png"
             )
         )
         written.append(
@@ -278,10 +304,11 @@ def plot_all(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         written.append(
             _curves(
                 group,
-                f"XLA memory analysis (arguments + outputs + temporaries): {title}",
+                f"Memory (XLA analysis: arguments + outputs + temporaries): {title}",
                 out_dir / f"memory-{stem}.png",
                 value=_xla_bytes,
                 ylabel="bytes",
+                extra=_device_peak,
             )
         )
     written.append(plot_deer_comparison(rows, out_dir / "deer-comparison.png"))

@@ -122,7 +122,9 @@ def collect(config: dict[str, Any], config_path: str | Path, overrides: list[str
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
         },
-        "jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
+        "jax_enable_x64": bool(jax.config.jax_enable_x64),
+        # None: the backend's default (on NVIDIA GPUs float32 matmuls may use TF32).
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "environment": {name: os.environ[name] for name in XLA_ENVIRONMENT if name in os.environ},
         "config_file": config_source(config_path),
         "overrides": list(overrides),

@@ -158,27 +158,36 @@ def deer_comparison(rows: list[dict[str, Any]]) -> list[str]:
     matching = {}
     for row in rows:
         c = row["case"]
-        if all(c[k] == v for k, v in DEER_SETTING.items()) and c["method"] == "newton":
-            matching[(c["mode"], c["length"])] = row
-    if not matching:
+        if all(c[k] == v for k, v in DEER_SETTING.items()) and c["method"] in (
+            "sequential",
+            "newton",
+        ):
+            matching[(c["method"], c["mode"], c["length"])] = row
+    if not any(method == "newton" for method, _, _ in matching):
         return []
     lines = [
         "### Comparison with the published DEER speed-ups",
         "",
-        f"Published: {DEER_SOURCE}. Measured: rnnscan Newton (DEER) vs `jax.lax.scan`, "
-        "GRU hidden size 1, batch 16, float32, on the device above.",
+        f"Published: {DEER_SOURCE}. Measured: rnnscan Newton (DEER) against `jax.lax.scan`, "
+        "GRU hidden size 1, batch 16, float32, on the device above: Newton's median "
+        "(speed-up, iterations), and the sequential median.",
         "",
-        "| T | DEER forward | measured forward | DEER forward+gradient | measured training step |",
-        "|---:|---:|---:|---:|---:|",
+        "| T | DEER forward | measured forward | sequential | "
+        "DEER forward+gradient | measured training step | sequential |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lengths = sorted({T for _, T in matching} | set(DEER_PUBLISHED["forward"]))
+    lengths = sorted({T for _, _, T in matching} | set(DEER_PUBLISHED["forward"]))
     for T in lengths:
         entries = []
         for mode in ("forward", "train"):
             published = DEER_PUBLISHED[mode].get(T)
-            row = matching.get((mode, T))
-            measured = cell_text(row) if row else "not run"
-            entries += [f"{published}×" if published else "–", measured]
+            newton = matching.get(("newton", mode, T))
+            sequential = matching.get(("sequential", mode, T))
+            entries += [
+                f"{published}×" if published else "–",
+                cell_text(newton) if newton else "not run",
+                cell_text(sequential) if sequential else "not run",
+            ]
         lines.append(f"| {T:,} | " + " | ".join(entries) + " |")
     lines.append("")
     return lines

@@ -1,6 +1,9 @@
-"""Smoke test of the benchmark suite: the quick config at tiny sizes, its results file, the
-report, the figures and --resume. No speed assertions."""
+"""Smoke tests of the benchmark suite: the quick configuration at tiny sizes, complete
+records, resuming, plots and the report. No speed assertions."""
 
+from __future__ import annotations
+
+import copy
 import json
 import os
 import subprocess
@@ -9,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.__main__ import main
+from benchmarks import _config, _report, _results
 
-ROOT = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent.parent
+QUICK = REPO / "configs" / "quick.yaml"
 TINY = [
     "--set",
-    "length=[8, 16]",
+    "length=[8]",
     "--set",
     "hidden=[2]",
     "--set",
@@ -24,89 +28,171 @@ TINY = [
 ]
 
 
-def _records(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def _expected_keys():
-    listed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--config", "configs/quick.yaml", *TINY, "--dry-run"],
-        cwd=ROOT,
+def run_benchmarks(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
-        check=True,
+        timeout=300,
     )
-    return set(listed.stdout.split())
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "quick.jsonl"
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        code = main(["--config", "configs/quick.yaml", *TINY, "--out", str(out), "--no-progress"])
-    finally:
-        os.chdir(cwd)
-    assert code == 0
-    return out
+def tiny_results(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The quick config at T = 8, n = 2, run in two parts: GRU only, then everything with
+    --resume (which must skip the GRU cases)."""
+    out = tmp_path_factory.mktemp("bench") / "tiny.jsonl"
+    first = run_benchmarks(
+        "--config", str(QUICK), "--out", str(out), *TINY, "--only", "cell=gru", "--no-progress"
+    )
+    assert first.returncode == 0, first.stderr
+    gru_lines = out.read_text().splitlines()
+    second = run_benchmarks(
+        "--config", str(QUICK), "--out", str(out), *TINY, "--resume", "--no-progress"
+    )
+    assert second.returncode == 0, second.stderr
+    assert f"({len(gru_lines)} already done)" in second.stderr
+    return out, _results.read_records(out)
 
 
-def test_every_case_has_a_complete_record(results):
-    records = _records(results)
-    keys = {r["key"] for r in records}
-    assert keys == _expected_keys() and len(records) == len(keys)
-    for r in records:
-        assert r["status"] == "ok", (r["key"], r["reason"])
-        timing = r["timing"]
-        assert timing["compile_s"] > 0 and len(timing["times_s"]) >= 1
-        assert timing["median_s"] > 0 and timing["min_s"] <= timing["median_s"]
-        assert r["speedup_vs_sequential"] > 0
-        assert r["memory"]["xla"]["total_bytes"] > 0
-        provenance = r["provenance"]
+def expected_cases() -> list[_config.Case]:
+    config = _config.load_config(QUICK, TINY[1::2])
+    return _config.expand_cases(config)
+
+
+def test_every_case_has_one_complete_record(tiny_results):
+    _, records = tiny_results
+    expected = {case.key for case in expected_cases()}
+    keys = [record["key"] for record in records]
+    assert sorted(keys) == sorted(expected), "each case exactly once (resume skipped the done ones)"
+    for record in records:
+        assert set(_results.RECORD_FIELDS) <= set(record), record["key"]
+        assert record["status"] == "ok", (record["key"], record["reason"])
+        assert record["fair"] is True
+        timing = record["timing"]
+        assert timing["repeats"] == len(timing["times_s"]) >= 1
+        assert timing["compile_s"] > 0 and timing["median_s"] > 0
+        assert timing["min_s"] <= timing["median_s"] and timing["iqr_s"] >= 0
+        assert record["memory"]["xla"]["total_bytes"] > 0
+        assert record["memory"]["estimate_bytes"] > 0
+        assert "device_peak_bytes" in record["memory"]
+        assert record["speedup_vs_sequential"] > 0
+        solver = record["solver"]
+        assert solver["fell_back"] is False and solver["converged_all"] is True
+        provenance = record["provenance"]
+        for field in ("date_utc", "device", "versions", "git", "config", "jax_enable_x64"):
+            assert field in provenance
         assert provenance["device"]["platform"] == "cpu"
-        assert {"jax", "jaxlib", "flax", "rnnscan"} <= set(provenance["versions"])
-        assert provenance["config"]["name"] == "quick" and provenance["date_utc"]
-        assert "commit" in provenance["git"]
-        if r["case"]["method"] != "sequential":
-            assert r["fair"] and not r["solver"]["fell_back"]
-            assert r["solver"]["iterations_max"] >= 1
-            deviation = r["accuracy"]
-            bound = 1e-4 if r["case"]["mode"] == "forward" else 1e-3
-            worst = max(v for k, v in deviation.items() if isinstance(v, float))
-            assert worst < bound, (r["key"], deviation)
+        assert provenance["device"]["device_count"] >= 1
+        for library in ("jax", "jaxlib", "flax", "rnnscan", "python"):
+            assert provenance["versions"][library]
+        assert provenance["config"]["name"] == "quick"
+        assert "/work" not in json.dumps(provenance), "no machine paths"
 
 
-def test_report_and_figures(results, tmp_path):
-    assert main(["report", str(results), "--out", str(tmp_path / "report.md")]) == 0
-    report = (tmp_path / "report.md").read_text()
-    assert "Forward pass" in report and "Training step" in report
-    assert main(["plot", str(results), "--out-dir", str(tmp_path / "figures")]) == 0
-    pngs = sorted((tmp_path / "figures").glob("*.png"))
-    assert any(p.name.startswith("speedup-gru") for p in pngs)
-    assert all(p.stat().st_size > 1000 for p in pngs)
+def test_parallel_methods_match_the_sequential_reference(tiny_results):
+    _, records = tiny_results
+    for record in records:
+        case, accuracy = record["case"], record["accuracy"]
+        if case["method"] == "sequential":
+            assert accuracy == {"reference": "self"}
+            assert record["solver"]["iterations_max"] == 0
+            continue
+        assert accuracy["reference"] == "sequential"
+        assert record["solver"]["iterations_max"] >= 1
+        if case["mode"] == "forward":
+            assert accuracy["max_abs_dev"] < 1e-4, record["key"]
+        else:
+            assert accuracy["grad_rel_dev"] < 1e-3, record["key"]
+            assert accuracy["loss_abs_dev"] < 1e-5, record["key"]
 
 
-def test_resume_skips_finished_cases(results, tmp_path):
-    partial = tmp_path / "partial.jsonl"
-    lines = Path(results).read_text().splitlines()
-    partial.write_text("\n".join(lines[:3]) + "\n")
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        code = main(
-            [
-                "--config",
-                "configs/quick.yaml",
-                *TINY,
-                "--out",
-                str(partial),
-                "--resume",
-                "--no-progress",
-            ]
-        )
-    finally:
-        os.chdir(cwd)
-    assert code == 0
-    keys = [r["key"] for r in _records(partial)]
-    assert len(keys) == len(set(keys)) == len(_expected_keys())
+def test_resume_with_nothing_left_runs_nothing(tiny_results):
+    out, records = tiny_results
+    again = run_benchmarks(
+        "--config", str(QUICK), "--out", str(out), *TINY, "--resume", "--no-progress"
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"({len(records)} already done)" in again.stderr
+    assert len(_results.read_records(out)) == len(records)
+
+
+def test_plots_and_report(tiny_results, tmp_path):
+    from benchmarks._plot import plot_all
+
+    _, records = tiny_results
+    written = plot_all(records, tmp_path)
+    names = {path.name for path in written}
+    for cell in ("gru", "diag_gru", "min_gru"):
+        for kind in ("speedup", "time", "memory"):
+            assert f"{kind}-{cell}-B1-float32.png" in names
+    assert all(path.stat().st_size > 1000 for path in written)
+    text = _report.report(records)
+    assert "### Forward pass" in text and "### Training step" in text
+    assert "| gru | 2 | 8 | 1 | float32 |" in text
+
+
+def test_deer_comparison_in_report():
+    ok = {
+        "status": "ok",
+        "timing": {"median_s": 1.0},
+        "solver": {"iterations_max": 3, "fell_back": False},
+        "provenance": {},
+    }
+    records = []
+    for method, median in (("sequential", 20.0), ("newton", 1.0)):
+        case = _config.Case("gru", 1, 1000, 16, "float32", method, "forward")
+        record = copy.deepcopy(ok)
+        record.update(key=case.key, reference_key=case.reference_key, case=case.as_dict())
+        record["timing"]["median_s"] = median
+        records.append(record)
+    text = _report.report(records)
+    assert "Comparison with the published DEER speed-ups" in text
+    assert "| 1,000 | 18× | 1 s (20.0×, 3 it) | 20 s | 41× | not run | not run |" in text
+
+
+def test_max_minutes_stops_before_any_case(tmp_path):
+    from benchmarks._run import run_sweep
+
+    config = _config.load_config(QUICK, TINY[1::2])
+    summary = run_sweep(
+        config,
+        config_path=QUICK,
+        overrides=[],
+        filters=[],
+        out=tmp_path / "none.jsonl",
+        resume=False,
+        max_minutes=0,
+        progress=False,
+        verbose=False,
+    )
+    assert summary["out_of_time"] and summary["left"] == summary["selected"] > 0
+    assert not (tmp_path / "none.jsonl").read_text()
+
+
+def test_config_overrides_filters_and_exclusions():
+    config = _config.load_config(
+        QUICK, ["length=[1k, 2M]", "repeats=7", "grids.1.hidden=[8]", "cell_options.cprnn.rank=4"]
+    )
+    assert config["repeats"] == 7
+    assert all(grid["length"] == [1000, 2_000_000] for grid in config["grids"])
+    assert config["grids"][1]["hidden"] == [8]
+    assert config["cell_options"] == {"cprnn": {"rank": 4}}
+    cases = _config.expand_cases(config)
+    assert not [c for c in cases if c.method == "quasi_newton" and c.hidden == 32], "excluded"
+    first_of_problem = {}
+    for case in cases:
+        first_of_problem.setdefault((case.problem, case.mode), case.method)
+    assert set(first_of_problem.values()) == {"sequential"}, "the reference runs first"
+    selected = _config.select(
+        cases, [_config.parse_filter("cell=min_gru"), _config.parse_filter("length=2M")]
+    )
+    assert selected and all(c.cell == "min_gru" and c.length == 2_000_000 for c in selected)
+    assert _config.parse_size("300k") == 300_000
+    with pytest.raises(_config.ConfigError):
+        _config.load_config(QUICK, ["methods=[newton, magic]"])
+    with pytest.raises(_config.ConfigError):
+        _config.parse_filter("colour=red")
