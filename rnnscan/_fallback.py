@@ -35,21 +35,22 @@ def lazy_cond(pred, true_fun: Callable, false_fun: Callable, operands: Any):
     @cond.def_vmap
     def cond_batched(axis_size, in_batched, pred, operands):
         pred_batched, operands_batched = in_batched
+        # Unbatched operands (cell weights, say) are passed with in_axes=None rather than
+        # broadcast, so that no level of nesting copies them once per batch element.
+        in_axes = jax.tree_util.tree_map(lambda b: 0 if b else None, operands_batched)
+        true_vmapped = jax.vmap(true_fun, in_axes=(in_axes,), axis_size=axis_size)
+        false_vmapped = jax.vmap(false_fun, in_axes=(in_axes,), axis_size=axis_size)
+        if not pred_batched:
+            out = lazy_cond(pred, true_vmapped, false_vmapped, operands)
+        else:
 
-        def broadcast(x, is_batched):
-            return x if is_batched else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+            def true_batched(args):
+                element_pred, ops = args
+                return _select(element_pred, true_vmapped(ops), false_vmapped(ops))
 
-        operands = jax.tree_util.tree_map(broadcast, operands, operands_batched)
-        pred = broadcast(pred, pred_batched)
-
-        def true_batched(args):
-            element_pred, ops = args
-            return _select(element_pred, jax.vmap(true_fun)(ops), jax.vmap(false_fun)(ops))
-
-        def false_batched(args):
-            return jax.vmap(false_fun)(args[1])
-
-        out = lazy_cond(jnp.any(pred), true_batched, false_batched, (pred, operands))
+            out = lazy_cond(
+                jnp.any(pred), true_batched, lambda args: false_vmapped(args[1]), (pred, operands)
+            )
         return out, jax.tree_util.tree_map(lambda _: True, out)
 
     return cond(pred, operands)

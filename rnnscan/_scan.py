@@ -94,10 +94,13 @@ def solve(
           (it runs only when some sequence in the batch failed), so it costs nothing when not
           taken. ``"raise"`` raises an error at run time instead (also under ``jit``);
           ``"return"`` returns the unconverged iterate with the flag set.
-        - Gradients (``jax.grad``, ``jax.vjp``) w.r.t. ``init``, ``xs`` and every array ``f``
-          closes over, by implicit differentiation: one reverse linear scan with the exact
-          Jacobians at the solution, never backpropagation through the iterations. Forward
-          mode (``jax.jvp``) is not supported.
+        - Derivatives of every kind and order (``jax.grad``, ``jax.vjp``, ``jax.jvp``,
+          ``jax.jacfwd``, ``jax.jacrev``, ``jax.hessian``, ``jax.linearize``) w.r.t. ``init``,
+          ``xs`` and every array ``f`` closes over, by implicit differentiation (a
+          ``jax.custom_jvp``): the tangent of the carries solves one linear recurrence with
+          the exact Jacobians at the solution, dc_t = J_t dc_{t-1} + (dF/dx) dx_t +
+          (dF/dtheta) dtheta, and reverse mode is its transpose (one reverse linear scan),
+          never backpropagation through the iterations.
         - Works under ``jax.jit`` and ``jax.vmap`` (each sequence iterates until it converges,
           with its own statistics). Non-finite iterates are reset to the previous iterate.
 
