@@ -17,7 +17,11 @@ concatenated in order (duplicates dropped), so the first grid runs first. Exampl
         modes: [forward, train]
 
 A grid may also have ``exclude``: a list of partial cases (e.g. ``{method: quasi_newton,
-hidden: 256}``); a case matching every entry of one of them is left out.
+hidden: 256}``); a case matching every entry of one of them is left out, and ``devices``
+(default ``[1]``): over how many local devices the time axis of every sequence is split
+(``rnnscan.sharded_solve``), so that the same configuration runs unchanged on a machine with
+several accelerators; cases asking for more devices than the machine has are recorded as
+``skipped``.
 
 Overrides (``--set key=value``, the value parsed as YAML) use dotted keys; a grid axis name
 without a prefix (``--set length=[8,16]``) replaces that axis in every grid.
@@ -34,7 +38,10 @@ import yaml
 
 from ._cells import CELL_NAMES
 
-GRID_AXES = ("cells", "hidden", "length", "batch", "dtype", "methods", "modes")
+GRID_AXES = ("cells", "hidden", "length", "batch", "dtype", "methods", "modes", "devices")
+# Grid axes a grid may leave out, with their default values.
+OPTIONAL_AXES = {"devices": [1]}
+SIZE_AXES = ("hidden", "length", "batch", "devices")
 METHODS = ("sequential", "newton", "quasi_newton", "fixed_point")
 MODES = ("forward", "train")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -69,6 +76,7 @@ FILTER_AXES = {
     "dtype": "dtype",
     "method": "methods",
     "mode": "modes",
+    "devices": "devices",
 }
 
 
@@ -83,6 +91,7 @@ class Case:
     dtype: str
     method: str
     mode: str
+    devices: int = 1
 
     @property
     def problem(self) -> tuple:
@@ -97,10 +106,12 @@ class Case:
     @property
     def key(self) -> str:
         """A stable string identifying the case in results files (used by ``--resume``)."""
-        return (
+        key = (
             f"{self.cell}|n={self.hidden}|T={self.length}|B={self.batch}|{self.dtype}"
             f"|{self.method}|{self.mode}"
         )
+        # One device keeps the keys of results files written before the devices axis.
+        return key if self.devices == 1 else f"{key}|D={self.devices}"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +205,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("the configuration needs at least one entry under 'grids'")
     allowed = {"cells": CELL_NAMES, "dtype": DTYPES, "methods": METHODS, "modes": MODES}
     for index, grid in enumerate(config["grids"]):
+        for axis, default in OPTIONAL_AXES.items():
+            grid.setdefault(axis, list(default))
         missing = set(GRID_AXES) - set(grid)
         extra = set(grid) - set(GRID_AXES) - {"exclude"}
         if missing or extra:
@@ -204,7 +217,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         grid["exclude"] = [_partial_case(entry, index) for entry in grid.get("exclude") or []]
         for axis in GRID_AXES:
             values = _as_list(grid[axis])
-            if axis in ("hidden", "length", "batch"):
+            if axis in SIZE_AXES:
                 values = [parse_size(v) for v in values]
                 if any(v < 1 for v in values):
                     raise ConfigError(f"grids[{index}].{axis}: sizes must be >= 1")
@@ -224,8 +237,7 @@ def _partial_case(entry: Any, index: int) -> dict[str, Any]:
             f"got {entry!r}"
         )
     return {
-        axis: parse_size(value) if axis in ("hidden", "length", "batch") else value
-        for axis, value in entry.items()
+        axis: parse_size(value) if axis in SIZE_AXES else value for axis, value in entry.items()
     }
 
 
@@ -237,7 +249,8 @@ def _excluded(case: Case, exclude: list[dict[str, Any]]) -> bool:
 
 def expand_cases(config: dict[str, Any]) -> list[Case]:
     """All cases of all grids, in run order: problem by problem (cell, batch, dtype, hidden,
-    length), then mode, then method with ``sequential`` first (it is the reference)."""
+    length), then mode, then device count, then method with ``sequential`` first (it is the
+    reference)."""
     cases: dict[str, Case] = {}
     for grid in config["grids"]:
         methods = sorted(grid["methods"], key=lambda m: m != "sequential")
@@ -247,10 +260,20 @@ def expand_cases(config: dict[str, Any]) -> list[Case]:
                     for hidden in sorted(grid["hidden"]):
                         for length in sorted(grid["length"]):
                             for mode in grid["modes"]:
-                                for method in methods:
-                                    case = Case(cell, hidden, length, batch, dtype, method, mode)
-                                    if not _excluded(case, grid["exclude"]):
-                                        cases.setdefault(case.key, case)
+                                for devices in sorted(grid["devices"]):
+                                    for method in methods:
+                                        case = Case(
+                                            cell,
+                                            hidden,
+                                            length,
+                                            batch,
+                                            dtype,
+                                            method,
+                                            mode,
+                                            devices,
+                                        )
+                                        if not _excluded(case, grid["exclude"]):
+                                            cases.setdefault(case.key, case)
     return list(cases.values())
 
 
@@ -263,7 +286,7 @@ def parse_filter(text: str) -> tuple[str, set[str]]:
     if axis not in FILTER_AXES:
         raise ConfigError(f"--only: unknown axis {axis!r}; use one of {sorted(FILTER_AXES)}")
     items = [v.strip() for v in values.split(",") if v.strip()]
-    if axis in ("hidden", "length", "batch"):
+    if axis in SIZE_AXES:
         items = [str(parse_size(v)) for v in items]
     return axis, set(items)
 

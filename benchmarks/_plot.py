@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from ._report import DEER_PUBLISHED, DEER_SETTING, METHOD_ORDER  # noqa: E402
+from ._report import DEER_PUBLISHED, DEER_SETTING, METHOD_ORDER, cell_label  # noqa: E402
 from ._results import with_speedups  # noqa: E402
 
 MODES = ("forward", "train")
@@ -71,7 +71,7 @@ def _group(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         c = row["case"]
-        groups[(c["cell"], c["batch"], c["dtype"])].append(row)
+        groups[(cell_label(c), c["batch"], c["dtype"])].append(row)
     return groups
 
 
@@ -285,7 +285,7 @@ def plot_all(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     rows = with_speedups(records)
     written = []
     for (cell, batch, dtype), group in sorted(_group(rows).items()):
-        stem = f"{cell}-B{batch}-{dtype}"
+        stem = f"{cell}-B{batch}-{dtype}".replace(" (", "-").replace(" devices)", "dev")
         title = f"{cell}, batch {batch}, {dtype}"
         written.append(
             plot_speedup_heatmaps(

@@ -12,7 +12,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 import rnnscan
 import rnnscan.nn
@@ -90,12 +92,31 @@ def resolve(problem: Problem, method: str) -> rnnscan.Method:
     return rnnscan.nn.resolve_method(method, problem.cell_module())
 
 
-def _batched_outputs(graphdef, state, xs, method: rnnscan.Method):
+def time_mesh(devices: int) -> Mesh:
+    """A ``("data", "time")`` mesh of the first ``devices`` local devices, all along time."""
+    return Mesh(np.array(jax.local_devices()[:devices]).reshape(1, devices), ("data", "time"))
+
+
+def _split_outputs(step, init, xs, method: rnnscan.Method, devices: int):
+    """The batch with every sequence's time axis split over ``devices`` devices."""
+    batch = xs.shape[0]
+    inits = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (batch,) + leaf.shape), init)
+    sol = rnnscan.sharded_solve(
+        step, inits, xs, mesh=time_mesh(devices), axis="time", batch_axis="data", method=method
+    )
+    stats = {"iterations": sol.iterations, "fell_back": sol.fell_back, "converged": sol.converged}
+    return sol.ys, stats
+
+
+def _batched_outputs(graphdef, state, xs, method: rnnscan.Method, devices: int = 1):
     """``(ys, stats)`` for a batch: ys ``(batch, length, hidden)``; stats hold per-sequence
-    ``iterations``, ``fell_back`` and ``converged``."""
+    ``iterations``, ``fell_back`` and ``converged``. ``devices > 1``: the time axis split
+    over that many local devices (``rnnscan.sharded_solve``, the sequential method too)."""
     cell = nnx.merge(graphdef, state)
     init = cell.initialize_carry(xs.shape[-1:])
     step = lambda carry, x: cell(carry, x)
+    if devices > 1:
+        return _split_outputs(step, init, xs, method, devices)
 
     if isinstance(method, rnnscan.Sequential):
 
@@ -130,16 +151,17 @@ def loss_of_outputs(ys) -> jax.Array:
     return jnp.mean(jnp.square(ys))
 
 
-def make_program(problem: Problem, method: rnnscan.Method, mode: str) -> Callable:
+def make_program(problem: Problem, method: rnnscan.Method, mode: str, devices: int = 1) -> Callable:
     """The function of ``(state, xs)`` to time.
 
     ``forward`` returns ``(ys, stats)``. ``train`` returns ``(loss, grads, stats)``: the value
     and gradient of :func:`loss_of_outputs` w.r.t. all parameters (``jax.value_and_grad``).
+    ``devices``: over how many local devices the time axis is split.
     """
     graphdef = problem.graphdef
 
     def forward(state, xs):
-        return _batched_outputs(graphdef, state, xs, method)
+        return _batched_outputs(graphdef, state, xs, method, devices)
 
     if mode == "forward":
         return forward

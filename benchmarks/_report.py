@@ -107,7 +107,8 @@ def speedup_tables(rows: list[dict[str, Any]]) -> list[str]:
         table: dict[tuple, dict[str, dict]] = defaultdict(dict)
         for row in mine:
             c = row["case"]
-            table[(c["cell"], c["hidden"], c["length"], c["batch"], c["dtype"])][c["method"]] = row
+            problem = (cell_label(c), c["hidden"], c["length"], c["batch"], c["dtype"])
+            table[problem][c["method"]] = row
         lines += [f"### {title}", ""]
         lines.append("| cell | n | T | batch | dtype | " + " | ".join(methods) + " |")
         lines.append("|---|---:|---:|---:|---|" + "---:|" * len(methods))
@@ -148,9 +149,15 @@ def losses_summary(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cell_label(case: dict[str, Any]) -> str:
+    """The cell's name, with the device count when the time axis was split."""
+    devices = case.get("devices", 1)
+    return case["cell"] if devices == 1 else f"{case['cell']} ({devices} devices)"
+
+
 def problem_text(row: dict[str, Any]) -> str:
     c = row["case"]
-    return f"{c['cell']} n={c['hidden']} T={c['length']:,} B={c['batch']}"
+    return f"{cell_label(c)} n={c['hidden']} T={c['length']:,} B={c['batch']}"
 
 
 def deer_comparison(rows: list[dict[str, Any]]) -> list[str]:

@@ -74,6 +74,8 @@ def describe(record: dict[str, Any]) -> str:
     c = record["case"]
     name = f"{c['cell']} n={c['hidden']} T={c['length']} B={c['batch']} {c['dtype']} "
     name += f"{c['method']} {c['mode']}"
+    if c.get("devices", 1) != 1:
+        name += f" on {c['devices']} devices"
     if record["status"] != "ok":
         return f"{name}: {record['status'].upper()} ({record['reason']})"
     timing, solver, accuracy = record["timing"], record["solver"], record["accuracy"] or {}
@@ -201,7 +203,15 @@ def run_case(
     """Compile, check and time one case; never raises: failures become the record's status."""
     record = empty_record(sweep, case, problem)
     config = sweep.config
-    estimate = _memory.estimate_bytes(problem, case.method, case.mode)
+    available = jax.local_device_count()
+    if case.devices > available:
+        record["status"] = "skipped"
+        record["reason"] = f"needs {case.devices} devices; this machine has {available}"
+        if case.method == "sequential":
+            references[case.mode] = UNAVAILABLE
+        return record
+    # Per device: the time axis (and what grows with it) is split over the devices.
+    estimate = _memory.estimate_bytes(problem, case.method, case.mode) // case.devices
     record["memory"]["estimate_bytes"] = estimate
     if estimate > sweep.budget_bytes:
         record["status"] = "skipped"
@@ -221,7 +231,7 @@ def run_case(
     try:
         method = _programs.resolve(problem, case.method)
         record["method_resolved"] = repr(method)
-        program = _programs.make_program(problem, method, case.mode)
+        program = _programs.make_program(problem, method, case.mode, case.devices)
         args = (problem.state, problem.xs)
         compiled, lower_s, compile_s = _timing.compile_ahead_of_time(program, *args)
         analysis = _memory.xla_memory_analysis(compiled)

@@ -20,9 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ._iterate import shift
-from ._linear_recurrence import linear_recurrence
 from ._structure import Structure
+from ._timeline import Timeline
 
 
 def carry_jacobians(F: Callable, structure: Structure, c_prev, xs, consts):
@@ -34,30 +33,32 @@ def carry_jacobians(F: Callable, structure: Structure, c_prev, xs, consts):
     return jax.vmap(at_step)(c_prev, xs)
 
 
-def tangent_carries(F: Callable, structure: Structure, c0, c, xs, consts, tangents):
+def tangent_carries(
+    F: Callable, structure: Structure, timeline: Timeline, c0, c, xs, consts, tangents
+):
     """The tangent of the carries ``c`` (the solution) for input tangents
     ``(dc0, dxs, dconsts)``."""
     dc0, dxs, dconsts = tangents
-    c_prev = shift(c0, c)
+    c_prev = timeline.shift(c0, c)
     J = carry_jacobians(F, structure, c_prev, xs, consts)
 
     def all_steps(c_prev, xs, consts):
         return jax.vmap(lambda c_, x: F(c_, x, *consts))(c_prev, xs)
 
     # The carry tangent enters only at the first step; later steps get it from the solve.
-    dc_prev = shift(dc0, jnp.zeros_like(c))
+    dc_prev = timeline.shift(dc0, jnp.zeros_like(c))
     _, u = jax.jvp(all_steps, (c_prev, xs, consts), (dc_prev, dxs, dconsts))
 
     def operator(v):
-        return v - structure.matvec(J, shift(jnp.zeros_like(v[0]), v))
+        return v - structure.matvec(J, timeline.shift(jnp.zeros_like(v[0]), v))
 
     def solve(_, b):
-        return linear_recurrence(J, b, structure)
+        return timeline.linear_recurrence(J, b, structure)
 
     def transpose_solve(_, g):
         # L^T lambda = g is lambda_t = g_t + J_{t+1}^T lambda_{t+1}; the last coefficient
         # multiplies lambda_T = 0, so its value is irrelevant.
-        A = jnp.concatenate([structure.transpose(J[1:]), jnp.zeros_like(J[:1])], axis=0)
-        return linear_recurrence(A, g, structure, reverse=True)
+        A = timeline.shift_back(jnp.zeros_like(J[0]), structure.transpose(J))
+        return timeline.linear_recurrence(A, g, structure, reverse=True)
 
     return jax.lax.custom_linear_solve(operator, u, solve, transpose_solve)

@@ -12,52 +12,44 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ._linear_recurrence import linear_recurrence
-from ._methods import FixedPoint, Method, Newton, QuasiNewton
+from ._methods import FixedPoint, Method, Newton
 from ._solution import RESULTS
+from ._stopping import carry_scale, observe, start
 from ._structure import Diagonal
+from ._timeline import Timeline
 
 
-def shift(c0, c):
-    """(c_{-1} = c0, c_0, ..., c_{T-2}): the carry each step starts from."""
-    return jnp.concatenate([c0[None], c[:-1]], axis=0)
-
-
-def sequential_carries(F: Callable, length: int, c0, xs, consts):
+def sequential_carries(F: Callable, timeline: Timeline, length: int, c0, xs, consts):
     """The carries by ``jax.lax.scan``: the reference, and the fallback."""
-
-    def step(c, x):
-        c = F(c, x, *consts)
-        return c, c
-
-    return jax.lax.scan(step, c0, xs, length=length)[1]
+    return timeline.sequential(lambda c, x: F(c, x, *consts), c0, xs, length)
 
 
-def _linearise(F, method: Method, c_prev, xs, consts):
-    """``(F(c_prev_t, x_t), J_t, structure)`` for all t, with J in the structure the forward
-    solve uses (the declared one for Newton, its diagonal for quasi-Newton)."""
+def linearise(F, method: Method, timeline: Timeline, c0, c, xs, consts):
+    """``(F(c_{t-1}, x_t), J_t, structure)`` for all t at the carries ``c``, with J in the
+    structure the forward solve uses (the declared one, or its diagonal)."""
+    c_prev = timeline.shift(c0, c)
     structure = method.jacobian
 
     def at_step(c, x):
         fn = lambda c_: F(c_, x, *consts)
-        if isinstance(method, QuasiNewton):
+        if method.diagonal_only:
             return structure.diagonal(fn, c)
         return structure.jacobian(fn, c)
 
     value, J = jax.vmap(at_step)(c_prev, xs)
-    forward_structure = Diagonal() if isinstance(method, QuasiNewton) else structure
+    forward_structure = Diagonal() if method.diagonal_only else structure
     return value, J, forward_structure
 
 
-def _update(F, method: Method, c0, c, xs, consts):
+def update(F, method: Method, timeline: Timeline, c0, c, xs, consts):
     """One parallel iteration: the update delta with c + delta the next guess."""
-    c_prev = shift(c0, c)
     if isinstance(method, FixedPoint):
+        c_prev = timeline.shift(c0, c)
         return jax.vmap(lambda cp, x: F(cp, x, *consts))(c_prev, xs) - c
-    value, J, structure = _linearise(F, method, c_prev, xs, consts)
+    value, J, structure = linearise(F, method, timeline, c0, c, xs, consts)
     # Solving for the update (rather than the next iterate) keeps the right-hand side the
     # residual F(c_{t-1}) - c_t, which tends to zero, so rounding stays relative to it.
-    return linear_recurrence(J, value - c, structure)
+    return timeline.linear_recurrence(J, value - c, structure)
 
 
 def first_guess(F: Callable, length: int, c0, xs, consts, guess):
@@ -70,35 +62,51 @@ def first_guess(F: Callable, length: int, c0, xs, consts, guess):
     return jnp.broadcast_to(F(c0, xs, *consts), (length,) + c0.shape)
 
 
-def parallel_carries(F: Callable, method: Method, length: int, c0, xs, consts, guess):
+def parallel_carries(
+    F: Callable, method: Method, timeline: Timeline, length: int, c0, xs, consts, guess
+):
     """Iterate to the carries. Returns ``(carries, iterations, residual, result)``."""
     c = first_guess(F, length, c0, xs, consts, guess)
-    positions = jnp.arange(length)
+    positions = timeline.positions(length)
 
     if isinstance(method, Newton) and method.carry_linear:
-        delta = _update(F, method, c0, c, xs, consts)
-        finite = jnp.all(jnp.isfinite(delta))
+        delta = update(F, method, timeline, c0, c, xs, consts)
+        finite = timeline.all(jnp.isfinite(delta))
         result = jnp.where(finite, RESULTS.successful, RESULTS.nonfinite)
-        return c + delta, jnp.array(1, jnp.int32), jnp.max(jnp.abs(delta)), result
+        return c + delta, jnp.array(1, jnp.int32), timeline.max(jnp.abs(delta)), result
+
+    scale = carry_scale(c0, c, timeline)
 
     def cond(state):
-        k, _, _, done, _ = state
+        k, _, _, done, _, _, _ = state
         return (k < method.max_steps) & ~done
 
     def body(state):
-        k, c, _, _, _ = state
-        delta = _update(F, method, c0, c, xs, consts)
+        k, c, _, _, _, progress, _ = state
+        delta = update(F, method, timeline, c0, c, xs, consts)
         finite = jnp.isfinite(delta)
         # Non-finite entries are reset to the previous iterate so they cannot poison the
         # rest of the solve; steps t < k are exact by now, so a non-finite update there is
         # genuine (NaN in the inputs or parameters) and further iterations cannot help.
         new_c = jnp.where(finite, c + delta, c)
         step_bad = ~jnp.all(finite, axis=-1)
-        genuine = jnp.any(step_bad & (positions < k))
-        scale = method.atol + method.rtol * jnp.abs(new_c)
-        converged = jnp.all(finite) & jnp.all(jnp.abs(delta) <= scale)
-        residual = jnp.max(jnp.abs(delta))
-        return k + 1, new_c, residual, converged | genuine, jnp.any(step_bad)
+        genuine = timeline.any(step_bad & (positions < k))
+        tolerance = method.atol + method.rtol * jnp.abs(new_c)
+        converged = timeline.all(finite & (jnp.abs(delta) <= tolerance))
+        residual = timeline.max(jnp.where(finite, jnp.abs(delta), 0))
+        any_bad = timeline.any(step_bad)
+        progress, verdict = observe(progress, residual, ~any_bad, scale)
+        gave_up = method.give_up & (verdict != RESULTS.successful)
+        done = converged | genuine | gave_up
+        return (
+            k + 1,
+            new_c,
+            residual,
+            done,
+            any_bad,
+            progress,
+            jnp.where(gave_up, verdict, RESULTS.successful).astype(jnp.int32),
+        )
 
     dtype = c.dtype
     init_state = (
@@ -107,9 +115,21 @@ def parallel_carries(F: Callable, method: Method, length: int, c0, xs, consts, g
         jnp.array(jnp.inf, dtype),
         jnp.array(False),
         jnp.array(False),
+        start(dtype),
+        jnp.array(RESULTS.successful, jnp.int32),
     )
-    k, c, residual, done, nonfinite = jax.lax.while_loop(cond, body, init_state)
+    k, c, residual, done, nonfinite, _, verdict = jax.lax.while_loop(cond, body, init_state)
+    # Non-finite entries are never written into the iterate, so one left in it came with
+    # the first guess: NaN/inf in the inputs or parameters. Otherwise a non-finite update
+    # is the solve's own overflow, which the verdict (diverged) describes better.
+    genuine = ~timeline.all(jnp.isfinite(c))
     result = jnp.where(
-        nonfinite, RESULTS.nonfinite, jnp.where(done, RESULTS.successful, RESULTS.max_steps_reached)
+        done & (verdict == RESULTS.successful) & ~nonfinite,
+        RESULTS.successful,
+        jnp.where(
+            genuine | (done & (verdict == RESULTS.successful)),
+            RESULTS.nonfinite,
+            jnp.where(verdict != RESULTS.successful, verdict, RESULTS.max_steps_reached),
+        ),
     )
     return c, k, residual, result

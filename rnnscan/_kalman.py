@@ -64,6 +64,32 @@ class _ScalarBlocks:
     solve_vec = solve
 
 
+def _gauss_jordan(M, B):
+    """X with M X = B for batches of small square M (..., k, k) and B (..., k, m).
+
+    Gauss-Jordan elimination with partial pivoting in plain array operations rather than
+    ``jnp.linalg.solve``: on CPU the latter calls LAPACK through a custom call, which was seen
+    to deadlock (jaxlib 0.10.2, every thread idle) inside the while loop of a long ELK solve.
+    O(k^3) like LU.
+    """
+    k = M.shape[-1]
+    rows = jnp.arange(k)
+
+    def eliminate(j, A):
+        column = jax.lax.dynamic_index_in_dim(A, j, axis=-1, keepdims=False)  # (..., k)
+        pivot_row = jnp.argmax(jnp.where(rows >= j, jnp.abs(column), -1), axis=-1)[..., None]
+        swap = jnp.where(rows == j, pivot_row, jnp.where(rows == pivot_row, j, rows))
+        A = jnp.take_along_axis(A, swap[..., None], axis=-2)
+        row = jax.lax.dynamic_index_in_dim(A, j, axis=-2, keepdims=True)  # (..., 1, k + m)
+        row = row / jax.lax.dynamic_index_in_dim(row, j, axis=-1, keepdims=True)
+        factors = jax.lax.dynamic_index_in_dim(A, j, axis=-1, keepdims=True)  # (..., k, 1)
+        A = jnp.where((rows == j)[:, None], row, A - factors * row)
+        return A
+
+    A = jax.lax.fori_loop(0, k, eliminate, jnp.concatenate([M, B], axis=-1))
+    return A[..., k:]
+
+
 class _MatrixBlocks:
     """k x k blocks: matrices are (..., m, k, k) and vectors (..., m, k)."""
 
@@ -90,12 +116,13 @@ class _MatrixBlocks:
         return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
 
     @staticmethod
+    @staticmethod
     def solve(M, B):
-        return jnp.linalg.solve(M, B)
+        return _gauss_jordan(M, B)
 
     @staticmethod
     def solve_vec(M, v):
-        return jnp.linalg.solve(M, v[..., None])[..., 0]
+        return _gauss_jordan(M, v[..., None])[..., 0]
 
 
 def _to_blocks(J, r, structure):

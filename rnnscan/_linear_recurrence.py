@@ -38,10 +38,36 @@ def linear_recurrence(
             out[t] = x
     """
 
+    return linear_recurrence_with_products(A, b, structure, reverse=reverse)[1]
+
+
+def linear_recurrence_with_products(
+    A: Float[Array, "T ..."],
+    b: Float[Array, "T n"],
+    structure: Structure,
+    *,
+    reverse: bool = False,
+) -> tuple[Float[Array, "T ..."], Float[Array, "T n"]]:
+    r"""``(P, x)``: the solution x of :func:`linear_recurrence` and the running products of A,
+    P_t = A_t A_{t-1} ... A_0 (with ``reverse``, P_t = A_t A_{t+1} ... A_{T-1}), stored in
+    ``structure`` like A.
+
+    P_t is the sensitivity of x_t to the initial state: starting from x_init instead of 0
+    gives x_t + P_t x_init (with ``reverse``, from x_T = x_init). The associative scan forms
+    P anyway, so returning it is free; the time-split solver (``_distributed.py``) uses it
+    to correct each block for the state it actually starts from.
+
+    Reference loop::
+
+        x, P = zeros(n), I
+        for t in (reversed(range(T)) if reverse else range(T)):
+            x, P = A[t] @ x + b[t], A[t] @ P
+            out_x[t], out_P[t] = x, P
+    """
+
     def combine(earlier, later):
         A_i, b_i = earlier
         A_j, b_j = later
         return structure.compose(A_j, A_i), structure.matvec(A_j, b_i) + b_j
 
-    _, x = jax.lax.associative_scan(combine, (A, b), reverse=reverse, axis=0)
-    return x
+    return jax.lax.associative_scan(combine, (A, b), reverse=reverse, axis=0)

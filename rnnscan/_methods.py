@@ -43,8 +43,14 @@ class _Iterative(Method):
     atol: float | None = None
     max_steps: int | None = None
     jacobian: Structure = Dense()
+    give_up: bool = True
+    window: int | None = None
 
     default_max_steps = 50
+    # Whether the forward solve uses only the diagonal of the Jacobian.
+    diagonal_only = False
+    # Whether iteration k makes step k exact (so T + 1 iterations always suffice).
+    exact_prefix = True
 
     def __post_init__(self):
         object.__setattr__(self, "jacobian", as_structure(self.jacobian))
@@ -58,18 +64,54 @@ class _Iterative(Method):
             raise ValueError(
                 f"{type(self).__name__}: max_steps must be a positive int, got {self.max_steps!r}"
             )
+        if self.window is not None and not (isinstance(self.window, int) and self.window >= 1):
+            raise ValueError(
+                f"{type(self).__name__}: window must be None or a positive int, got {self.window!r}"
+            )
 
     def resolved(self, dtype, length):
         rtol, atol = default_tolerances(dtype)
         # T + 1 iterations always suffice in exact arithmetic (T to make every step exact,
         # one more to see a zero update), so a larger cap is never needed.
         cap = self.max_steps if self.max_steps is not None else self.default_max_steps
+        window = None if self.window is None or self.window >= length else self.window
+        give_up = self.give_up
+        if window is None:
+            # When T + 1 iterations fit under the cap, exactness of the growing prefix
+            # guarantees convergence, so there is nothing to give up on.
+            give_up = give_up and (cap < length + 1 or not self.exact_prefix)
+            cap = max(1, min(cap, length + 1) if self.exact_prefix else cap)
+        else:
+            # The cap holds per window position: a window slides at least one step every
+            # second iteration, so this many always suffice.
+            cap = cap * -(-length // window)
         return dataclasses.replace(
             self,
             rtol=rtol if self.rtol is None else self.rtol,
             atol=atol if self.atol is None else self.atol,
-            max_steps=max(1, min(cap, length + 1)),
+            max_steps=cap,
+            window=window,
+            give_up=give_up,
         )
+
+
+_COMMON_OPTIONS = """
+    Options of every iterative method:
+        rtol, atol: stop when max |delta| <= atol + rtol |c| (defaults by dtype:
+            1e-10 for float64, 1e-5 for float32).
+        max_steps: iteration cap (never more than T + 1 without a window).
+        jacobian: the exact structure of the carry Jacobian: ``Dense()`` (default),
+            ``Diagonal()`` or ``BlockDiagonal(k)``, used by the gradient (and by the forward
+            solve of the Newton-type methods), so it must be exact.
+        give_up: stop early when the solve has evidently failed (iterates diverging, or no
+            progress for 8 iterations; see ``RESULTS.diverged`` / ``RESULTS.stalled``), so
+            that the fallback runs after a few wasted iterations rather than ``max_steps``.
+            Default True.
+        window: iterate on ``window`` steps at a time, starting at the first unconverged
+            step and sliding on as the prefix converges: memory O(window n^2) for dense
+            Jacobians in the forward pass instead of O(T n^2). ``max_steps`` then caps the
+            iterations per window position (T / window of them). Default None (all T).
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +123,8 @@ class Newton(_Iterative):
     with a parallel scan, then c <- c + delta. Quadratic convergence near the solution;
     typically 3-10 iterations for GRUs.
 
-    Options:
-        rtol, atol: stop when max |delta| <= atol + rtol |c| (defaults by dtype:
-            1e-10 for float64, 1e-5 for float32).
-        max_steps: iteration cap (default 50, never more than T + 1).
-        jacobian: the exact structure of the carry Jacobian: ``Dense()`` (default),
-            ``Diagonal()`` or ``BlockDiagonal(k)``. Used for both the forward solve and the
-            gradient, so it must be exact.
+    Default cap: 50 iterations. Besides the common options below:
+
         carry_linear: declare that F is affine in the carry. One Newton step is then exact:
             no loop, no convergence test, 1 iteration reported.
     """
@@ -111,6 +148,7 @@ class QuasiNewton(_Iterative):
     """
 
     default_max_steps = 200
+    diagonal_only = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,20 +164,76 @@ class FixedPoint(_Iterative):
     default_max_steps = 1000
 
 
+@dataclasses.dataclass(frozen=True)
+class ELK(_Iterative):
+    r"""ELK (Gonzalez, Warrington, Smith, Linderman, NeurIPS 2024): Newton with
+    Levenberg-Marquardt damping, for recurrences on which plain Newton diverges.
+
+    Each iteration minimises the linearised merit plus a damping term,
+
+        sum_t || delta_t - J_t delta_{t-1} - r_t ||^2 + lambda sum_t || delta_t ||^2,
+        r_t = F(c_{t-1}, x_t) - c_t,
+
+    solved exactly as a linear-Gaussian smoothing problem by a parallel Kalman filter and
+    smoother (Särkkä & García-Fernández, 2021; ``_kalman.py``): O(log T) depth, O(T n^3) work
+    for dense Jacobians. lambda -> 0 is a Newton (DEER) step; a large lambda takes a short
+    step along the gradient of the merit 1/2 sum_t ||r_t||^2.
+
+    With ``adaptive`` (default) the damping is a trust region: a step is accepted only if it
+    lowers the merit; lambda shrinks 3x after a step that did at least 3/4 of the decrease
+    the linear model predicted, grows 2x after one that did less than 1/4, and 4x after a
+    rejected step. Without it, every finite step is taken with the fixed ``damping``, as in
+    the paper. Converged when an accepted step and the residual after it are both within
+    tolerance. Default cap: 100 iterations (rejected steps count).
+    """
+
+    damping: float = 1e-3
+    adaptive: bool = True
+
+    default_max_steps = 100
+    exact_prefix = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.damping >= 0:
+            raise ValueError(f"{type(self).__name__}: damping must be >= 0, got {self.damping!r}")
+        if self.window is not None:
+            raise ValueError(f"{type(self).__name__}: window= is not supported (yet)")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuasiELK(ELK):
+    r"""Quasi-ELK (Gonzalez et al., NeurIPS 2024): :class:`ELK` with diag(J_t) only, so the
+    Kalman filter and smoother are elementwise: O(T n) memory and work per iteration. The
+    gradient still uses the declared exact ``jacobian``."""
+
+    diagonal_only = True
+
+
+for _cls in (Newton, QuasiNewton, FixedPoint, ELK, QuasiELK):
+    _cls.__doc__ += _COMMON_OPTIONS
+
 _BY_NAME = {
     "sequential": Sequential,
     "newton": Newton,
     "quasi_newton": QuasiNewton,
     "fixed_point": FixedPoint,
+    "elk": ELK,
+    "quasi_elk": QuasiELK,
 }
+
+
+def method_class(name: str) -> type[Method]:
+    """The solver class of a method name (``"newton"`` -> :class:`Newton`, ...)."""
+    if isinstance(name, str) and name in _BY_NAME:
+        return _BY_NAME[name]
+    raise ValueError(
+        f"method must be one of {sorted(_BY_NAME)} or an rnnscan method object "
+        f"(rnnscan.Newton(...), ...); got {name!r}"
+    )
 
 
 def as_method(method) -> Method:
     if isinstance(method, Method):
         return method
-    if isinstance(method, str) and method in _BY_NAME:
-        return _BY_NAME[method]()
-    raise ValueError(
-        f"method must be one of {sorted(_BY_NAME)} or an rnnscan method object "
-        f"(rnnscan.Newton(...), ...); got {method!r}"
-    )
+    return method_class(method)()

@@ -14,6 +14,7 @@ from ._flatten import carry_dtype, check_step_function, make_flattener, sequence
 from ._methods import Method, Sequential, as_method
 from ._solution import RESULTS, Solution
 from ._solve import ON_FAILURE, solve_carries
+from ._timeline import WHOLE, Timeline
 
 Carry = Any
 PyTree = Any
@@ -52,6 +53,7 @@ def solve(
     method: str | Method = "newton",
     on_failure: Literal["fallback", "raise", "return"] = "fallback",
     guess: Carry | None = None,
+    axis_name: Any = None,
 ) -> Solution:
     r"""Evaluate the recurrence of ``jax.lax.scan(f, init, xs, length, reverse)`` by solving
     for all carries at once, and report how the solve went.
@@ -65,7 +67,13 @@ def solve(
       a parallel associative scan (O(log T) depth) and set c <- c + delta.
     - ``"quasi_newton"`` (Gonzalez et al., NeurIPS 2024): the same with diag(J_t), O(T n).
     - ``"fixed_point"``: c_t <- F(c_{t-1}, x_t) for all t at once (Jacobi).
+    - ``"elk"`` / ``"quasi_elk"`` (Gonzalez et al., NeurIPS 2024): Levenberg-Marquardt
+      steps, each solved by a parallel Kalman smoother, with trust-region damping.
     - ``"sequential"``: ``jax.lax.scan`` itself, the reference.
+
+    Every iterative method gives up early (``RESULTS.diverged`` / ``RESULTS.stalled``) when
+    its iterates diverge or stop improving, so that the fallback runs after a few wasted
+    iterations, and can iterate on a sliding ``window`` of steps (see the method classes).
 
     Each iteration makes at least one more step exact, so T + 1 iterations always suffice in
     exact arithmetic; in practice Newton takes 3-10 on GRUs. Iteration stops when
@@ -114,14 +122,39 @@ def solve(
         reverse: run from the last step to the first, as in ``jax.lax.scan``.
         unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (accepted by every
             method, so that a ``jax.lax.scan`` call site can switch by changing its name).
-        method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
+        method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``, ``"elk"``,
+            ``"quasi_elk"``,
             ``"sequential"`` or a method object.
         on_failure: ``"fallback"`` (default), ``"raise"`` or ``"return"``.
         guess: optional warm start for the carries (stacked like ``Solution.carries``), e.g.
             the solution of the previous training step; not differentiated through.
+        axis_name: the name of a mesh axis that splits the time axis, for calls inside
+            ``jax.shard_map`` (like the ``axis_name`` of ``jax.lax.psum``); see below.
 
     Returns:
         A :class:`rnnscan.Solution` with the carries, outputs and statistics.
+
+    Time split across devices (``axis_name``): inside ``jax.shard_map`` over a mesh whose axis
+    ``axis_name`` (D devices) splits the time axis of ``xs`` (and ``guess``) into contiguous
+    blocks — device d holds steps d T_loc .. (d + 1) T_loc - 1 — each device passes its own
+    block, and ``init`` is the same on every device. Every method, structure and
+    derivative then works on the whole sequence of T = D T_loc steps: per iteration each
+    device linearises and solves its block, the D block summaries (A_block, b_block) of the
+    linear recurrence are all-gathered and combined with the same associative operator,
+    and each block is fixed up with the state it really starts from; the carry crosses
+    block boundaries by ``ppermute``; convergence, non-finite values and the fallback are
+    decided over the whole sequence (the fallback runs the blocks one after the other).
+    Returned: ``carries`` and ``ys`` are the local blocks (``shard_map`` ``out_specs``
+    ``P(axis_name)``), ``final_carry`` the carry after the last step of the whole sequence
+    and the statistics those of the whole solve, the same on every device (``P()``).
+    ``reverse=True`` runs from the last device's last step to device 0's first, with the
+    blocks where they are (no data moves between devices; ``final_carry`` is then the
+    carry after global step 0). ``length``, when ``xs`` is ``None``, is the local block
+    length T_loc, and the iteration cap T + 1 counts the global T. Gradients w.r.t. a
+    replicated ``init`` or closed-over parameters come out summed over devices by
+    ``shard_map``'s transpose, i.e. correct for the whole sequence.
+    :func:`rnnscan.sharded_solve` / :func:`rnnscan.sharded_scan` do the ``shard_map``
+    (and padding of T to a multiple of D) for you.
     """
     method = as_method(method)
     if on_failure not in ON_FAILURE:
@@ -132,6 +165,8 @@ def solve(
     carry_dtype(init)
     init = jax.tree_util.tree_map(jnp.asarray, init)
     check_step_function(f, init, xs)
+    if axis_name is not None:
+        return _split_solution(f, init, xs, T, reverse, method, on_failure, guess, axis_name)
     if reverse:
         xs = _flip(xs)
         guess = None if guess is None else _flip(guess)
@@ -146,27 +181,68 @@ def solve(
     return sol
 
 
-def _parallel_solution(f, init, xs, T, method, on_failure, guess) -> Solution:
+def _split_solution(f, init, xs, T, reverse, method, on_failure, guess, axis_name) -> Solution:
+    """:func:`solve` on this device's block of a time axis split over ``axis_name``.
+
+    Reverse runs on a mirrored :class:`Timeline` (the arrays stay in their order, every
+    time-axis operation runs the other way), so no block has to move between devices."""
+    try:
+        jax.lax.axis_size(axis_name)
+    except NameError as err:
+        raise ValueError(
+            f"axis_name={axis_name!r} is not an axis bound here: rnnscan.solve/scan with "
+            "axis_name must be called inside jax.shard_map over a mesh with that axis "
+            "splitting the time axis of xs (or use rnnscan.sharded_scan, which does it)"
+        ) from err
+    timeline = Timeline(axis_name, reverse=reverse)
+    if isinstance(method, Sequential) or T == 0:
+        return _split_sequential_solution(f, init, xs, T, timeline)
+    return _parallel_solution(f, init, xs, T, method, on_failure, guess, timeline)
+
+
+def _split_sequential_solution(f, init, xs, T, timeline: Timeline) -> Solution:
+    """The ``"sequential"`` method on a split time axis: the blocks one after the other
+    (``Timeline.sequential``), then the outputs from the exact carries in one parallel
+    pass."""
+    carries = timeline.sequential(lambda c, x: f(c, x)[0], init, xs, T)
+    c_prev = timeline.shift(init, carries)
+    ys = jax.vmap(lambda c, x: f(c, x)[1])(c_prev, xs)
+    zero = jnp.zeros((), carry_dtype(init))
+    return Solution(
+        final_carry=timeline.last(carries),
+        carries=carries,
+        ys=ys,
+        iterations=jnp.array(0, jnp.int32),
+        residual=zero,
+        result=jnp.array(RESULTS.successful, jnp.int32),
+        fell_back=jnp.array(False),
+    )
+
+
+def _parallel_solution(
+    f, init, xs, T, method, on_failure, guess, timeline: Timeline = WHOLE
+) -> Solution:
     c0, flatten, unflatten = make_flattener(init)
-    method = method.resolved(c0.dtype, T)
+    # The cap T + 1 is about the whole sequence: T is this device's block when time is split.
+    method = method.resolved(c0.dtype, T * timeline.devices())
     method.jacobian.validate(c0.shape[0])
 
     def F(c, x):
         return flatten(f(unflatten(c), x)[0])
 
     x_first = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
-    F_converted, consts = _closure_convert(F, c0, x_first)
+    F_converted, consts = _closure_convert(F, c0, x_first, timeline.varying)
     if guess is not None:
         guess = jax.lax.stop_gradient(_flatten_guess(guess, init, flatten, T))
 
     carries, (iterations, residual, result, fell_back) = solve_carries(
-        F_converted, method, on_failure, T, c0, xs, guess, consts
+        F_converted, method, timeline, on_failure, T, c0, xs, guess, consts
     )
-    c_prev = jnp.concatenate([c0[None], carries[:-1]], axis=0)
+    c_prev = timeline.shift(c0, carries)
     ys = jax.vmap(lambda c, x: f(unflatten(c), x)[1])(c_prev, xs)
     carries_tree = jax.vmap(unflatten)(carries)
     return Solution(
-        final_carry=jax.tree_util.tree_map(lambda leaf: leaf[-1], carries_tree),
+        final_carry=timeline.last(carries_tree),
         carries=carries_tree,
         ys=ys,
         iterations=iterations,
@@ -176,19 +252,26 @@ def _parallel_solution(f, init, xs, T, method, on_failure, guess) -> Solution:
     )
 
 
-def _closure_convert(F, c, x):
+def _closure_convert(F, c, x, prepare=lambda tree: tree):
     """``(F_converted, consts)`` with ``F_converted(c, x, *consts) == F(c, x)``.
 
     Like ``jax.closure_convert``, but hoists *every* traced value that ``F`` closes over, not
     only the differentiable ones: the custom VJP and the vmap rule of the fallback must not
     close over batched tracers (e.g. per-sequence integer lengths under ``vmap``).
+
+    ``prepare`` is applied to ``(c, x)`` before tracing and before every call: a time-split
+    solve marks both device-varying, because a replayed jaxpr does not re-insert the type
+    casts that tracing inserts, so it must be called with the types it was traced with
+    (the replicated ``c0`` and the varying carries would otherwise meet in one jaxpr).
     """
+    c, x = prepare((c, x))
     closed = jax.make_jaxpr(F)(c, x)
     is_traced = [isinstance(const, jax.core.Tracer) for const in closed.consts]
     traced = [const for const, t in zip(closed.consts, is_traced) if t]
     fixed = [const for const, t in zip(closed.consts, is_traced) if not t]
 
     def F_converted(c, x, *traced_values):
+        c, x = prepare((c, x))
         traced_iter, fixed_iter = iter(traced_values), iter(fixed)
         consts = [next(traced_iter) if t else next(fixed_iter) for t in is_traced]
         run = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(closed.jaxpr, consts))
@@ -223,6 +306,7 @@ def scan(
     method: str | Method = "newton",
     on_failure: Literal["fallback", "raise", "return"] = "fallback",
     guess: Carry | None = None,
+    axis_name: Any = None,
 ) -> tuple[Carry, PyTree]:
     r"""A parallel drop-in for ``jax.lax.scan``: returns ``(final_carry, ys)``.
 
@@ -233,6 +317,10 @@ def scan(
     when a parallel solve fails to converge the exact sequential result is returned
     (``on_failure="fallback"``). Use :func:`rnnscan.solve` to see iteration counts.
 
+    ``axis_name``: inside ``jax.shard_map`` with the time axis of ``xs`` split over that mesh
+    axis, ``ys`` is this device's block and ``final_carry`` the global last carry, on every
+    device (see :func:`rnnscan.solve`; :func:`rnnscan.sharded_scan` does the ``shard_map``).
+
     Reference loop::
 
         def scan(f, init, xs, length=None, reverse=False):
@@ -242,5 +330,15 @@ def scan(
                 ys.append(y)
             return carry, stack(ys[::-1] if reverse else ys)
     """
-    sol = solve(f, init, xs, length, reverse, method=method, on_failure=on_failure, guess=guess)
+    sol = solve(
+        f,
+        init,
+        xs,
+        length,
+        reverse,
+        method=method,
+        on_failure=on_failure,
+        guess=guess,
+        axis_name=axis_name,
+    )
     return sol.final_carry, sol.ys

@@ -16,16 +16,27 @@ class RESULTS:
     successful = 0
     max_steps_reached = 1
     nonfinite = 2
+    diverged = 3
+    stalled = 4
 
     _messages = {
         0: "successful",
         1: "the parallel solve reached max_steps without converging",
         2: "the parallel solve met non-finite values (NaN/inf in the inputs, parameters or cell)",
+        3: "the parallel solve gave up early: its iterates diverged (non-finite, or updates over "
+        "1e8 times the scale of the carries, for 3 iterations in a row)",
+        4: "the parallel solve gave up early: it stalled (no smaller update or residual for "
+        "8 iterations)",
     }
 
     @classmethod
     def message(cls, code: int) -> str:
         return cls._messages[int(code)]
+
+    @classmethod
+    def messages(cls) -> list[str]:
+        """Every message, indexed by code."""
+        return [cls._messages[code] for code in range(len(cls._messages))]
 
 
 class Outcome:

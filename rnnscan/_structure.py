@@ -25,6 +25,13 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def _eye_like(c: jax.Array) -> jax.Array:
+    """The n x n identity with ``c``'s type: adding ``zeros_like(c)`` (exact, folded away by
+    XLA) makes it device-varying where ``c`` is (inside ``jax.shard_map``), as
+    ``jax.linearize`` requires of tangents of a varying primal."""
+    return jnp.eye(c.shape[0], dtype=c.dtype) + jnp.zeros_like(c)
+
+
 class Structure:
     """Base class of the Jacobian structures."""
 
@@ -56,14 +63,14 @@ class Dense(Structure):
 
     def jacobian(self, fn, c):
         value, jvp = jax.linearize(fn, c)
-        J = jax.vmap(jvp, out_axes=1)(jnp.eye(c.shape[0], dtype=c.dtype))
+        J = jax.vmap(jvp, out_axes=1)(_eye_like(c))
         return value, J
 
     def diagonal(self, fn, c):
         # Column j of J only to read entry (j, j): n JVPs, but O(n) memory per step.
         value, jvp = jax.linearize(fn, c)
         n = c.shape[0]
-        eye = jnp.eye(n, dtype=c.dtype)
+        eye = _eye_like(c)
         diag = jax.lax.map(lambda j: jvp(eye[j])[j], jnp.arange(n), batch_size=min(n, 16))
         return value, diag
 
@@ -124,7 +131,7 @@ class BlockDiagonal(Structure):
         k = self.block_size
         m = c.shape[0] // k
         # Tangent j is 1 on every entry of row j of the (k, m) view.
-        return jnp.repeat(jnp.eye(k, dtype=c.dtype), m, axis=1)
+        return jnp.repeat(jnp.eye(k, dtype=c.dtype), m, axis=1) + jnp.zeros_like(c)
 
     def jacobian(self, fn, c):
         k = self.block_size

@@ -196,3 +196,42 @@ def test_config_overrides_filters_and_exclusions():
         _config.load_config(QUICK, ["methods=[newton, magic]"])
     with pytest.raises(_config.ConfigError):
         _config.parse_filter("colour=red")
+
+
+def test_devices_axis(tmp_path):
+    """``devices`` splits time over local devices: keys stay as before at one device, a
+    2-device case matches its sequential reference, and one asking for more devices than
+    the machine has is recorded as skipped."""
+    config = _config.load_config(QUICK, [*TINY[1::2], "devices=[1,2,4]"])
+    cases = _config.expand_cases(config)
+    assert {c.devices for c in cases} == {1, 2, 4}
+    one = next(c for c in cases if c.devices == 1)
+    assert "|D=" not in one.key and one.key in {c.key for c in expected_cases()}
+    assert _config.select(cases, [_config.parse_filter("devices=2")])[0].key.endswith("|D=2")
+
+    out = tmp_path / "devices.jsonl"
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--config", str(QUICK), "--out", str(out)]
+        + [*TINY, "--set", "devices=[2,4]", "--only", "cell=gru", "--only", "mode=forward"]
+        + ["--only", "method=sequential,newton", "--only", "hidden=2", "--no-progress"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = _results.read_records(out)
+    by_devices = {}
+    for record in records:
+        by_devices.setdefault(record["case"]["devices"], []).append(record)
+    assert {r["status"] for r in by_devices[4]} == {"skipped"}
+    assert {r["status"] for r in by_devices[2]} == {"ok"}
+    newton = next(r for r in by_devices[2] if r["case"]["method"] == "newton")
+    assert newton["accuracy"]["reference"] == "sequential"
+    assert newton["accuracy"]["max_abs_dev"] < 1e-4

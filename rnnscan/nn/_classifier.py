@@ -93,12 +93,18 @@ class ResidualBlock(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
+        **devices,
     ):
         norm = functools.partial(
             nnx.LayerNorm, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.rnn_norm = norm()
-        self.rnn = RNN(cell_factory(width, width, rngs=rngs), method=method, on_failure=on_failure)
+        self.rnn = RNN(
+            cell_factory(width, width, rngs=rngs),
+            method=method,
+            on_failure=on_failure,
+            **devices,
+        )
         self.mlp_norm = norm()
         self.mlp = MLP(width, width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -139,6 +145,10 @@ class SequenceClassifier(nnx.Module):
         on_failure: what a solve that does not converge does (default ``"fallback"``).
         dtype, param_dtype: computation and parameter dtypes (passed to named cells too).
         rngs: the random streams that initialise the parameters.
+        mesh, time_axis, batch_axis: evaluate every RNN over the devices of a
+            ``jax.sharding.Mesh``, the time axis split over mesh axis ``time_axis`` and the
+            batch over ``batch_axis`` (see :class:`rnnscan.nn.RNN`). The per-step layers
+            (encoder, norms, MLPs) follow the data's sharding under ``jax.jit``.
 
     Call with inputs ``(batch, time, in_features)`` (and optionally ``seq_lengths``,
     ``(batch,)``) to get logits ``(batch, num_classes)``; with ``return_stats=True`` also the
@@ -159,15 +169,25 @@ class SequenceClassifier(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
+        mesh: jax.sharding.Mesh | None = None,
+        time_axis: str | None = None,
+        batch_axis: str | None = None,
     ):
         width = hidden_features
+        devices = dict(mesh=mesh, time_axis=time_axis, batch_axis=batch_axis)
         factory = _cell_factory(cell, width, dtype, param_dtype, dict(cell_kwargs or {}))
         precision = dict(dtype=dtype, param_dtype=param_dtype)
         self.encoder = MLP(in_features, width, width, **precision, rngs=rngs)
         self.blocks = nnx.List(
             [
                 ResidualBlock(
-                    width, factory, method=method, on_failure=on_failure, **precision, rngs=rngs
+                    width,
+                    factory,
+                    method=method,
+                    on_failure=on_failure,
+                    **precision,
+                    rngs=rngs,
+                    **devices,
                 )
                 for _ in range(num_blocks)
             ]

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from .._methods import FixedPoint, Method, Newton, QuasiNewton, Sequential
+from .._methods import Method, Newton, Sequential, method_class
 from .._scan import solve
+from .._sharded_scan import _sharded_solve
 from .._solution import Outcome
 from .._structure import Dense
 
@@ -27,26 +28,20 @@ def resolve_method(method: str | Method, cell: nnx.Module) -> Method:
 
     ``"newton"`` -> ``Newton(jacobian=cell.jacobian_structure, carry_linear=cell.carry_linear)``,
     ``"quasi_newton"`` -> ``QuasiNewton(jacobian=...)``, ``"fixed_point"`` ->
-    ``FixedPoint(jacobian=...)``, ``"sequential"`` -> ``Sequential()``. A cell without these
+    ``FixedPoint(jacobian=...)`` (and so on for every method name), ``"sequential"`` ->
+    ``Sequential()``. A cell without these
     attributes (e.g. ``flax.nnx.GRUCell``) is taken as dense and nonlinear, which is always
     correct, if not always the cheapest.
     """
     if isinstance(method, Method):
         return method
-    structure = getattr(cell, "jacobian_structure", Dense())
-    carry_linear = bool(getattr(cell, "carry_linear", False))
-    if method == "newton":
-        return Newton(jacobian=structure, carry_linear=carry_linear)
-    if method == "quasi_newton":
-        return QuasiNewton(jacobian=structure)
-    if method == "fixed_point":
-        return FixedPoint(jacobian=structure)
-    if method == "sequential":
+    cls = method_class(method)
+    if cls is Sequential:
         return Sequential()
-    raise ValueError(
-        "method must be 'newton', 'quasi_newton', 'fixed_point', 'sequential' or an rnnscan "
-        f"method object (rnnscan.Newton(...), ...); got {method!r}"
-    )
+    structure = getattr(cell, "jacobian_structure", Dense())
+    if cls is Newton:
+        return Newton(jacobian=structure, carry_linear=bool(getattr(cell, "carry_linear", False)))
+    return cls(jacobian=structure)
 
 
 @jax.tree_util.register_dataclass
@@ -110,6 +105,12 @@ class RNN(nnx.Module):
             ``nnx.capture(model, nnx.Intermediate)``.
         rngs: random stream for ``cell.initialize_carry``, as in ``flax.nnx.RNN`` (``True``
             for a default stream, an ``nnx.Rngs``, or ``False``).
+        mesh, time_axis, batch_axis: split the work over the devices of a
+            ``jax.sharding.Mesh``: the time axis of every sequence over mesh axis
+            ``time_axis`` (sequence parallelism, :func:`rnnscan.sharded_solve`), and the
+            sequences over ``batch_axis`` if given (data parallelism; the number of
+            sequences must be a multiple of its size). Same results as without a mesh, up
+            to the solver tolerance; ``time_axis`` is required with ``mesh``.
     """
 
     def __init__(
@@ -124,8 +125,18 @@ class RNN(nnx.Module):
         on_failure: Literal["fallback", "raise", "return"] = "fallback",
         sow_stats: bool = False,
         rngs: nnx.Rngs | bool = True,
+        mesh: jax.sharding.Mesh | None = None,
+        time_axis: str | None = None,
+        batch_axis: str | None = None,
     ):
         resolve_method(method, cell)  # fail early on a bad name
+        if mesh is None and (time_axis is not None or batch_axis is not None):
+            raise ValueError("time_axis and batch_axis need a mesh")
+        if mesh is not None and time_axis is None:
+            raise ValueError("with a mesh, time_axis names the mesh axis that splits the time axis")
+        self.mesh = mesh
+        self.time_axis = time_axis
+        self.batch_axis = batch_axis
         self.cell = cell
         self.method = method
         self.time_major = time_major
@@ -229,7 +240,20 @@ class RNN(nnx.Module):
             stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
             return sol.final_carry, outputs, stats
 
-        final_carry, outputs, stats = jax.vmap(run_sequence)(initial_carry, inputs, seq_lengths)
+        if self.mesh is None:
+            final_carry, outputs, stats = jax.vmap(run_sequence)(initial_carry, inputs, seq_lengths)
+        else:
+            final_carry, outputs, stats = self._run_sharded(
+                graphdef,
+                state,
+                method,
+                initial_carry,
+                inputs,
+                seq_lengths,
+                length,
+                reverse,
+                keep_order,
+            )
 
         def unflatten_batch(leaf, time_axis=False):
             leaf = leaf.reshape(batch_shape + leaf.shape[1:])
@@ -245,6 +269,47 @@ class RNN(nnx.Module):
 
         result = (final_carry, outputs) if return_carry else outputs
         return (result, stats) if return_stats else result
+
+    def _run_sharded(
+        self,
+        graphdef,
+        state,
+        method,
+        initial_carry,
+        inputs,
+        seq_lengths,
+        length,
+        reverse,
+        keep_order,
+    ):
+        """The batch of sequences in one :func:`rnnscan.sharded_solve`: time split over
+        ``time_axis``, sequences over ``batch_axis`` (or vmapped on every device)."""
+        cell = nnx.merge(graphdef, state)
+        if seq_lengths is None:
+            step, step_inputs = cell, inputs
+        else:
+            step = _masked(cell)
+            step_inputs = (inputs, jnp.arange(length) < seq_lengths[:, None])
+        sol = _sharded_solve(
+            step,
+            initial_carry,
+            step_inputs,
+            None,
+            reverse,
+            mesh=self.mesh,
+            axis=self.time_axis,
+            batch_axis=self.batch_axis,
+            batched=True,
+            method=method,
+            on_failure=self.on_failure,
+            guess=None,
+        )
+        outputs = sol.ys
+        if reverse and not keep_order:
+            in_order = lambda ys, n: _processing_order(ys, length, n)
+            outputs = jax.vmap(in_order)(outputs, seq_lengths)
+        stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
+        return sol.final_carry, outputs, stats
 
 
 def _masked(cell: Callable) -> Callable:

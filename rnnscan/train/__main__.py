@@ -11,6 +11,12 @@ Overrides, applied in order after the config file:
 configuration saved in ``RUN_DIR/config.yaml`` (rerunning the original command with
 ``--out-dir RUN_DIR`` does the same). Values are parsed as YAML: ``null``, ``true``,
 ``3e-4``, ``[0.7, 0.15, 0.15]``.
+
+Several hosts: run the same command on every host with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (``I`` = 0 .. N-1; host 0 runs the coordinator), or
+``--distributed`` alone where ``jax.distributed.initialize()`` finds them itself (SLURM,
+Cloud TPU, ...). The devices of every host then form one mesh (``train.devices``,
+``train.sequence_devices``).
 """
 
 from __future__ import annotations
@@ -52,7 +58,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    hosts = parser.add_argument_group("several hosts (jax.distributed.initialize)")
+    hosts.add_argument("--distributed", action="store_true", help="initialise multi-host JAX")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    hosts.add_argument("--num-processes", type=int, help="number of processes (hosts)")
+    hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
     return parser
+
+
+def _initialize_hosts(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` when asked for, before JAX touches a device."""
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(value is None for value in given):
+        return
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
 
 
 def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
@@ -99,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(config.to_yaml(), end="")
         return 0
 
+    _initialize_hosts(args)
     from ._loop import _resolve_out_dir, cross_validate, train
 
     cv = config.data.cv_folds > 2 and config.data.cv_fold is None

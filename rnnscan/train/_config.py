@@ -187,6 +187,14 @@ class LoopConfig:
         patience: stop when validation accuracy has not improved for this many
             evaluations (ties broken by lower validation loss); ``None``: never.
         progress: show a tqdm progress bar.
+        devices: how many devices to use (``None``: every device, of every host after
+            ``jax.distributed.initialize``). Each batch is split over them (data
+            parallelism; padded with zero-weight series to a multiple of their number)
+            and the parameters are replicated.
+        sequence_devices: of those, how many split the time axis of every series
+            (sequence parallelism): the devices form a ``(devices / sequence_devices) x
+            sequence_devices`` mesh with axes ``("data", "time")``. 1: data parallelism
+            only.
     """
 
     seed: int = 0
@@ -198,6 +206,8 @@ class LoopConfig:
     eval_every: int | None = None
     patience: int | None = None
     progress: bool = True
+    devices: int | None = None
+    sequence_devices: int = 1
 
 
 @dataclass
@@ -312,7 +322,10 @@ class TrainConfig:
 
         for key in ("batch_size", "eval_batch_size", "epochs"):
             _check(getattr(t, key) >= 1, f"train.{key}", "a positive int", getattr(t, key))
-        for key in ("max_steps", "eval_every", "patience"):
+        _check(
+            t.sequence_devices >= 1, "train.sequence_devices", "a positive int", t.sequence_devices
+        )
+        for key in ("max_steps", "eval_every", "patience", "devices"):
             value = getattr(t, key)
             _check(value is None or value >= 1, f"train.{key}", "a positive int or null", value)
         _check(c.every_steps >= 1, "checkpoint.every_steps", "a positive int", c.every_steps)

@@ -41,6 +41,7 @@ from rnnscan.data import Dataset
 from ._checkpoint import Checkpointer
 from ._config import ConfigError, TrainConfig, apply_overrides, config_diff, load_config
 from ._data import batch_at, describe, epoch_order, load_dataset, steps_per_epoch
+from ._devices import device_layout
 from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
 from ._plot import plot_curves
 from ._steps import TrainState, build_model, compiled_steps, count_params
@@ -265,7 +266,8 @@ class _Run:
             weights = np.zeros(size, np.float32)
             weights[: idx.size] = 1.0
             padded = np.concatenate([idx, np.zeros(size - idx.size, np.int64)])
-            out, pred = self.eval_step(params, rest, X[padded], y[padded], weights)
+            batch = self.layout.batch(X[padded], y[padded], weights)
+            out, pred = self.eval_step(params, rest, *batch)
             out = jax.device_get(out)
             predictions.append(np.asarray(pred)[: idx.size])
             for key, value in out.items():
@@ -315,12 +317,16 @@ class _Run:
             self.total_steps = min(self.total_steps, t.max_steps)
         self.blocks = config.model.num_blocks
 
-        model = build_model(config.model, ds.num_channels, ds.num_classes, t.seed)
+        self.layout = device_layout(t)
+        model = build_model(
+            config.model, ds.num_channels, ds.num_classes, t.seed, **self.layout.model_kwargs()
+        )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         steps = compiled_steps(graphdef, config.optim, self.total_steps, self.dtype)
         optimizer, schedule = steps.optimizer, steps.schedule
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
-        state = TrainState(params, rest, optimizer.init(params))
+        state = self.layout.replicate(TrainState(params, rest, optimizer.init(params)))
+        params = state.params
         best = params
         progress = _Progress(seed=t.seed)
 
@@ -341,8 +347,9 @@ class _Run:
             f"{config.name}: {ds!r}\n  model: {config.model.cell} x{config.model.num_blocks} "
             f"width {config.model.hidden_features}, method {config.model.method}, "
             f"{count_params(params):,} parameters, {config.model.dtype}; device "
-            f"{env['device']['kind']}\n  {self.total_steps} steps ({self.steps_per_epoch} per "
-            f"epoch); run directory {self.out_dir}"
+            f"{env['device']['kind']} x {self.layout.devices} (mesh "
+            f"{dict(self.layout.mesh.shape)})\n  {self.total_steps} steps "
+            f"({self.steps_per_epoch} per epoch); run directory {self.out_dir}"
             + (f"\n  resumed from the checkpoint of step {resumed_from}" if resumed_from else "")
         )
         try:
@@ -393,7 +400,7 @@ class _Run:
                 x, y = ds.X_train[batch.indices], ds.y_train[batch.indices]
                 lr = float(schedule(progress.step))
                 started = time.perf_counter()
-                state, out = self.train_step(state, x, y, batch.weights)
+                state, out = self.train_step(state, *self.layout.batch(x, y, batch.weights))
                 out = jax.device_get(out)
                 step_time = time.perf_counter() - started
                 progress.step += 1
@@ -530,6 +537,7 @@ class _Run:
                 "epoch": progress.best_epoch,
             },
             "test": test_summary,
+            **self.layout.describe(),
             "time": {
                 "wall_s": wall,
                 "step_time": step_time_stats(records),

@@ -71,9 +71,10 @@ def build_method(config: ModelConfig) -> str | rnnscan.Method:
 
 
 def build_model(
-    config: ModelConfig, in_features: int, num_classes: int, seed: int
+    config: ModelConfig, in_features: int, num_classes: int, seed: int, **devices
 ) -> SequenceClassifier:
-    """The :class:`rnnscan.nn.SequenceClassifier` of ``config``, initialised from ``seed``."""
+    """The :class:`rnnscan.nn.SequenceClassifier` of ``config``, initialised from ``seed``;
+    ``devices``: ``mesh``, ``time_axis`` and ``batch_axis`` to split time over a mesh."""
     dtype = jnp.dtype(config.dtype)
     return SequenceClassifier(
         in_features,
@@ -87,6 +88,7 @@ def build_model(
         dtype=dtype,
         param_dtype=dtype,
         rngs=nnx.Rngs(seed),
+        **devices,
     )
 
 

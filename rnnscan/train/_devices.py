@@ -1,0 +1,97 @@
+"""Where a training run computes: a ``("data", "time")`` mesh over the devices.
+
+Data parallelism: every batch is split over the ``"data"`` axis of the mesh
+(``NamedSharding``); the parameters and optimiser state are replicated, and ``jax.jit``
+inserts the all-reduce of the gradients. Sequence parallelism (``train.sequence_devices >
+1``): every series is also split in time over the ``"time"`` axis, each RNN solving its
+block of steps (:func:`rnnscan.sharded_solve`). On one device all of this is the identity.
+
+Multi-host: after ``jax.distributed.initialize()`` (one process per host, each running
+the same command), ``jax.devices()`` lists every device of every host. Each process loads
+the same data and draws the same batches (the order depends only on the seed), and
+:meth:`DeviceLayout.batch` hands each device its slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._config import ConfigError, LoopConfig
+
+__all__ = ["DeviceLayout", "device_layout"]
+
+DATA, TIME = "data", "time"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLayout:
+    """The mesh of a run and how arrays are placed on it."""
+
+    mesh: Mesh
+
+    @property
+    def devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def data_devices(self) -> int:
+        return self.mesh.shape[DATA]
+
+    @property
+    def sequence_devices(self) -> int:
+        return self.mesh.shape[TIME]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What :class:`rnnscan.nn.SequenceClassifier` needs to split time (nothing when
+        time is not split: data parallelism needs no help from the model)."""
+        if self.sequence_devices == 1:
+            return {}
+        return dict(mesh=self.mesh, time_axis=TIME, batch_axis=DATA)
+
+    def replicate(self, tree: Any) -> Any:
+        """Every leaf on every device (parameters, optimiser state)."""
+        # device_put, not a host copy: the tree holds typed PRNG keys (the RNG streams).
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def batch(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray):
+        """``(x, y, weights)`` split over the data axis, padded to a multiple of its size
+        with copies of the first series of weight 0 (they change no loss, gradient or
+        count)."""
+        pad = -len(y) % self.data_devices
+        if pad:
+            first = np.zeros(pad, np.int64)
+            x = np.concatenate([x, x[first]])
+            y = np.concatenate([y, y[first]])
+            weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+        sharding = NamedSharding(self.mesh, P(DATA))
+        return tuple(_put(a, sharding) for a in (x, y, weights))
+
+    def describe(self) -> dict[str, int]:
+        return {"devices": self.devices, "mesh": dict(self.mesh.shape)}
+
+
+def _put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from the host copy every process holds (one process or many)."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def device_layout(config: LoopConfig) -> DeviceLayout:
+    """The mesh of ``config``: ``train.devices`` devices (default: all, over every host),
+    ``train.sequence_devices`` of them along ``"time"`` and the rest along ``"data"``."""
+    available = jax.devices()
+    count = len(available) if config.devices is None else config.devices
+    if count > len(available):
+        raise ConfigError(f"train.devices={count}, but only {len(available)} devices are available")
+    if count % config.sequence_devices:
+        raise ConfigError(
+            f"train.sequence_devices={config.sequence_devices} must divide the "
+            f"{count} devices used (train.devices)"
+        )
+    grid = np.array(available[:count]).reshape(count // config.sequence_devices, -1)
+    return DeviceLayout(Mesh(grid, (DATA, TIME)))
