@@ -23,7 +23,7 @@ from ._iterate import first_guess, linearise
 from ._kalman import damped_linear_recurrence, linearised_residual
 from ._methods import ELK
 from ._solution import RESULTS
-from ._stopping import carry_scale, observe, start
+from ._stopping import DAMPED_PROGRESS, carry_scale, observe, start
 from ._timeline import Timeline
 
 _ACCEPT, _GOOD, _POOR = 1e-4, 0.75, 0.25
@@ -82,8 +82,9 @@ def damped_carries(
         )
         tolerance = method.atol + method.rtol * jnp.abs(c)
         converged = accept & jnp.all(jnp.abs(delta) <= tolerance) & jnp.all(jnp.abs(r) <= tolerance)
-        residual = jnp.max(jnp.abs(r))
-        progress, verdict = observe(progress, residual, jnp.array(True), scale)
+        progress, verdict = observe(
+            progress, jnp.sqrt(2 * merit), jnp.array(True), scale, DAMPED_PROGRESS
+        )
         gave_up = method.give_up & (verdict != RESULTS.successful)
         result = jnp.where(
             converged, RESULTS.successful, jnp.where(gave_up, verdict, RESULTS.max_steps_reached)
