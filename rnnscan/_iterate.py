@@ -92,10 +92,13 @@ def parallel_carries(
         step_bad = ~jnp.all(finite, axis=-1)
         genuine = timeline.any(step_bad & (positions < k))
         tolerance = method.atol + method.rtol * jnp.abs(new_c)
-        converged = timeline.all(finite & (jnp.abs(delta) <= tolerance))
+        step_converged = jnp.all(finite & (jnp.abs(delta) <= tolerance), axis=-1)
+        converged = timeline.all(step_converged)
         residual = timeline.max(jnp.where(finite, jnp.abs(delta), 0))
         any_bad = timeline.any(step_bad)
-        progress, verdict = observe(progress, residual, ~any_bad, scale)
+        # The leading run of converged steps: the first unconverged position (2^30 if none).
+        prefix = -timeline.max(jnp.where(step_converged, -(2**30), -positions))
+        progress, verdict = observe(progress, residual, ~any_bad, scale, prefix=prefix)
         gave_up = method.give_up & (verdict != RESULTS.successful)
         done = converged | genuine | gave_up
         return (
