@@ -1,0 +1,7 @@
+"""Will parallel evaluation pay for this model? Lyapunov exponents of a recurrence along its
+trajectory, and a calibrated prediction of the iterations a parallel solve will need."""
+
+from ._lyapunov import finite_time_lyapunov_exponents as finite_time_lyapunov_exponents
+from ._lyapunov import lyapunov_exponents as lyapunov_exponents
+from ._predict import Parallelizability as Parallelizability
+from ._predict import parallelizability as parallelizability

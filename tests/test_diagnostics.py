@@ -1,0 +1,295 @@
+"""rnnscan.diagnostics: Lyapunov exponents against closed forms and a plain QR loop, and the
+parallelizability report."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import rnnscan
+from rnnscan import diagnostics
+
+# Jitted entry points: eager calls would trace the trajectory anew every time. With
+# eqx.filter_jit the arrays (also those inside a step function that is an eqx.Module, like
+# _TanhRNN) are traced and everything else is static, so calls with the same shapes share one
+# compiled program whatever the weights are.
+lyapunov_exponents = eqx.filter_jit(diagnostics.lyapunov_exponents)
+finite_time_lyapunov_exponents = eqx.filter_jit(diagnostics.finite_time_lyapunov_exponents)
+parallelizability = eqx.filter_jit(diagnostics.parallelizability)
+solve = eqx.filter_jit(rnnscan.solve)
+
+
+def _rotation(theta):
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def _linear(A):
+    A = jnp.asarray(A)
+
+    def f(h, x):
+        h = A @ h + x
+        return h, h
+
+    return f
+
+
+def _inputs(T, n, dtype=jnp.float64, seed=0, scale=0.1):
+    return scale * jax.random.normal(jax.random.PRNGKey(seed), (T, n), dtype)
+
+
+@eqx.filter_jit
+def _reference_jacobians(f, init, xs):
+    """The flat carries before every step and dF/dc there, by jax.lax.scan and jax.jacfwd."""
+    flat0, unravel = ravel_pytree(init)
+
+    def F(c, x):
+        return ravel_pytree(f(unravel(c), x)[0])[0]
+
+    carries = jax.lax.scan(lambda c, x: (F(c, x),) * 2, flat0, xs)[1]
+    c_prev = jnp.concatenate([flat0[None], carries[:-1]])
+    return jax.vmap(jax.jacfwd(F))(c_prev, xs)
+
+
+def reference_exponents(f, init, xs, k):
+    """The plain QR loop: trajectory and Jacobians by jax (jax.lax.scan, jax.jacfwd), QR by
+    numpy in float64, random orthonormal start."""
+    J = np.asarray(_reference_jacobians(f, init, xs), np.float64)
+    Q = np.linalg.qr(np.random.default_rng(1).standard_normal((J.shape[-1], k)))[0]
+    total = np.zeros(k)
+    for Jt in J:
+        Q, R = np.linalg.qr(Jt @ Q)
+        total += np.log(np.abs(np.diag(R)))
+    return np.sort(total / len(J))[::-1]
+
+
+def _close(actual, expected, rel=0.05, abs_=0.01):
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rel, atol=abs_)
+
+
+# --- closed forms ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jacobian", [rnnscan.Dense(), rnnscan.Diagonal()])
+def test_diagonal_linear_recurrence(jacobian):
+    a = np.array([0.3, -0.9, 0.5, 1.1])
+    f = _linear(np.diag(a))
+    xs = _inputs(400, 4)
+    got = lyapunov_exponents(f, jnp.ones(4), xs, k=4, jacobian=jacobian, transient=20)
+    expected = np.sort(np.log(np.abs(a)))[::-1]
+    np.testing.assert_allclose(
+        np.asarray(got), expected, atol=5e-3 if isinstance(jacobian, rnnscan.Dense) else 1e-12
+    )
+    top2 = lyapunov_exponents(f, jnp.ones(4), xs, k=2, jacobian=jacobian, transient=20)
+    np.testing.assert_allclose(np.asarray(top2), expected[:2], atol=5e-3)
+
+
+def test_rotation_times_scaling_in_blocks_with_pytree_carry():
+    # Carry (u, v): unit i is the 2-vector (u_i, v_i), rotated by theta_i and scaled by rho_i:
+    # both exponents of unit i are log(rho_i). The strided layout is BlockDiagonal(2)'s.
+    rho = np.array([0.95, 0.5, 1.2])
+    theta = np.array([0.3, 1.1, 2.0])
+
+    def f(carry, x):
+        u, v = carry
+        c, s = jnp.cos(theta), jnp.sin(theta)
+        u, v = rho * (c * u - s * v) + x, rho * (s * u + c * v)
+        return (u, v), u
+
+    init = (jnp.ones(3), jnp.zeros(3))
+    xs = _inputs(300, 3)
+    expected = np.sort(np.repeat(np.log(rho), 2))[::-1]
+    for jacobian in (rnnscan.Dense(), rnnscan.BlockDiagonal(2)):
+        got = lyapunov_exponents(f, init, xs, k=6, jacobian=jacobian, transient=10)
+        np.testing.assert_allclose(np.asarray(got), expected, atol=2e-3)
+
+
+def test_block_triangular():
+    # Constant A: the exponents are the log moduli of the eigenvalues, whatever the coupling B.
+    A = np.zeros((4, 4))
+    A[:2, :2] = 0.9 * _rotation(0.4)
+    A[2:, 2:] = 0.5 * _rotation(1.3)
+    A[:2, 2:] = np.array([[2.0, -1.0], [0.5, 3.0]])
+    f = _linear(A.T)  # lower block-triangular: the strong block drives the weak one
+    got = lyapunov_exponents(f, jnp.ones(4), _inputs(1500, 4), k=4, transient=50)
+    expected = np.log([0.9, 0.9, 0.5, 0.5])
+    np.testing.assert_allclose(np.asarray(got), expected, atol=5e-3)
+
+
+# --- nonlinear cells against the QR reference loop ---------------------------------------
+
+
+class _TanhRNN(eqx.Module):
+    """h' = tanh(W h + U x): a pytree, so jitted calls with other weights reuse programs."""
+
+    W: jax.Array
+    U: jax.Array
+
+    def __call__(self, h, x):
+        h = jnp.tanh(self.W @ h + self.U @ x)
+        return h, h
+
+    def jacobians(self, xs):
+        """Closed form, in numpy: J_t = diag(1 - h_t^2) W along the trajectory from 0."""
+        W, U = np.asarray(self.W, np.float64), np.asarray(self.U, np.float64)
+        h, out = np.zeros(W.shape[0]), []
+        for x in np.asarray(xs, np.float64):
+            h = np.tanh(W @ h + U @ x)
+            out.append((1 - h**2)[:, None] * W)
+        return np.stack(out)
+
+
+def _tanh_rnn(n, gain, dtype=jnp.float64, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    W = (gain * jax.random.normal(k1, (n, n)) / np.sqrt(n)).astype(dtype)
+    U = (jax.random.normal(k2, (n, 2)) / np.sqrt(2)).astype(dtype)
+    return _TanhRNN(W, U), jnp.zeros(n, dtype)
+
+
+def _lstm(n, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    Wi = jax.random.normal(k1, (4 * n, 2)) / np.sqrt(2)
+    Wh = 1.5 * jax.random.normal(k2, (4 * n, n)) / np.sqrt(n)
+
+    def f(carry, x):
+        c, h = carry
+        i, fg, g, o = jnp.split(Wi @ x + Wh @ h, 4)
+        c = jax.nn.sigmoid(fg + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+    return f, (jnp.zeros(n), jnp.zeros(n))
+
+
+def test_nonlinear_cells_against_qr_reference():
+    xs = jax.random.normal(jax.random.PRNGKey(3), (300, 2))
+    f, init = _tanh_rnn(6, 1.8)
+    _close(lyapunov_exponents(f, init, xs, k=3), reference_exponents(f, init, xs, 3))
+    f, init = _lstm(4)  # pytree carry (c, h), n = 8
+    _close(lyapunov_exponents(f, init, xs, k=2), reference_exponents(f, init, xs, 2))
+
+
+def test_diagonal_cell_is_exact_and_cheap():
+    a = jnp.array([0.5, -0.8, 0.9])
+
+    def f(h, x):
+        h = jnp.tanh(a * h + x[:1])
+        return h, h
+
+    f.jacobian_structure = rnnscan.Diagonal()  # declared on the step function
+    xs = jax.random.normal(jax.random.PRNGKey(0), (200, 2))
+    got = lyapunov_exponents(f, jnp.zeros(3), xs, k=3)
+    _close(got, reference_exponents(f, jnp.zeros(3), xs, 3), rel=0.02, abs_=0.01)
+
+
+def test_carries_reverse_and_solution_carries():
+    # Same shapes as test_nonlinear_cells_against_qr_reference (n = 6, T = 300, k = 3): the
+    # direct estimate reuses its compiled program.
+    f, init = _tanh_rnn(6, 1.2)
+    xs = jax.random.normal(jax.random.PRNGKey(4), (300, 2))
+    sol = solve(f, init, xs)
+    direct = lyapunov_exponents(f, init, xs, k=3)
+    np.testing.assert_allclose(lyapunov_exponents(f, init, xs, k=3, carries=sol.carries), direct)
+    sol_r = solve(f, init, xs, reverse=True)
+    rev = lyapunov_exponents(f, init, xs, reverse=True, k=3, carries=sol_r.carries)
+    np.testing.assert_allclose(rev, lyapunov_exponents(f, init, xs[::-1], k=3), rtol=1e-10)
+    assert not np.allclose(rev, direct, rtol=1e-3)  # the reversed sequence is another problem
+
+
+def test_float32_jit_and_vmap():
+    f64, init64 = _tanh_rnn(6, 1.5)
+    f32, init32 = _tanh_rnn(6, 1.5, dtype=jnp.float32)
+    xs = jax.random.normal(jax.random.PRNGKey(5), (3, 300, 2))
+    lle = jax.jit(jax.vmap(lambda xs: lyapunov_exponents(f32, init32, xs, k=2)))
+    got = lle(xs.astype(jnp.float32))
+    assert got.shape == (3, 2) and got.dtype == jnp.float32
+    for b in range(3):
+        expected = reference_exponents(f64, init64, xs[b], 2)
+        _close(got[b], expected)
+
+
+def test_finite_time_exponents_against_window_products():
+    f, init = _tanh_rnn(4, 1.6)
+    xs = jax.random.normal(jax.random.PRNGKey(6), (100, 2))
+    w = 8
+    got = finite_time_lyapunov_exponents(f, init, xs, window=w, power_iterations=30)
+    J = f.jacobians(xs)  # closed form, numpy
+    expected = []
+    for j in range(100 // w):
+        P = np.eye(4)
+        for t in range(j * w, (j + 1) * w):
+            P = J[t] @ P
+        expected.append(np.log(np.linalg.norm(P, 2)) / w)
+    assert got.shape == (12,)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-6)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_errors_name_the_problem():
+    lyapunov_exponents = diagnostics.lyapunov_exponents
+    finite_time_lyapunov_exponents = diagnostics.finite_time_lyapunov_exponents
+    parallelizability = diagnostics.parallelizability
+    f, init = _tanh_rnn(3, 1.0)
+    xs = jnp.zeros((10, 2))
+    with pytest.raises(ValueError, match="k=4 exponents.*n = 3"):
+        lyapunov_exponents(f, init, xs, k=4)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        lyapunov_exponents(f, init, xs, k=0)
+    with pytest.raises(ValueError, match="empty"):
+        lyapunov_exponents(f, init, jnp.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"carries.*shape \(9, 3\)"):
+        lyapunov_exponents(f, init, xs, carries=jnp.zeros((9, 3)))
+    with pytest.raises(ValueError, match="transient"):
+        lyapunov_exponents(f, init, xs, transient=10)
+    with pytest.raises(ValueError, match="window"):
+        finite_time_lyapunov_exponents(f, init, xs, window=11)
+    with pytest.raises(ValueError, match="method"):
+        parallelizability(f, init, xs, method="elk")
+    bad = jnp.zeros((10, 3)).at[4, 1].set(jnp.nan)
+    with pytest.raises(Exception, match="not finite"):
+        jax.block_until_ready(lyapunov_exponents(f, init, xs, carries=bad))
+    with pytest.raises(Exception, match="not finite"):
+        jax.block_until_ready(lyapunov_exponents(f, init, xs.at[3].set(jnp.inf)))
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def test_parallelizability_predicts_newton():
+    xs = jax.random.normal(jax.random.PRNGKey(7), (400, 2))
+    for gain, predictable in ((0.6, True), (5.0, False)):
+        f, init = _tanh_rnn(16, gain)  # both gains share the compiled report and solve
+        rep = parallelizability(f, init, xs)
+        assert bool(rep.predictable) is predictable
+        assert rep.lyapunov.shape == () and rep.method == "newton"
+        sol = solve(f, init, xs)
+        if predictable:
+            assert sol.converged
+            n_pred, n_meas = float(rep.expected_newton_iterations), int(sol.iterations)
+            assert abs(n_pred - n_meas) <= 2 or n_pred / 3 <= n_meas <= 3 * n_pred
+            assert "should converge in ~" in rep.summary
+            assert np.isfinite(float(rep.iterations_for("fixed_point")))
+        else:
+            assert float(rep.lyapunov) > 0.01 and not sol.converged
+            assert np.isinf(float(rep.expected_newton_iterations))
+            assert "sequential" in str(rep)
+    np.testing.assert_allclose(rep.lyapunov, lyapunov_exponents(f, init, xs)[0], rtol=1e-12)
+
+
+def test_parallelizability_vmap_and_prefix():
+    f, init = _tanh_rnn(4, 0.8)
+    xs = jax.random.normal(jax.random.PRNGKey(8), (2, 256, 2))
+    reps = jax.jit(jax.vmap(lambda xs: parallelizability(f, init, xs, method="quasi_newton")))(xs)
+    assert reps.lyapunov.shape == (2,) and reps.growth.shape == (2, 9)
+    assert len(reps.summary.splitlines()) == 2
+    assert reps.iterations_for(rnnscan.Newton()).shape == (2,)
+    one = parallelizability(f, init, xs[1], method="quasi_newton")
+    np.testing.assert_allclose(reps.lyapunov[1], one.lyapunov, rtol=1e-10)
+    prefix = parallelizability(f, init, xs[1], max_length=64)
+    assert prefix.growth.shape == (7,) and prefix.length == 256
