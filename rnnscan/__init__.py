@@ -1,6 +1,8 @@
 """rnnscan: evaluate nonlinear recurrent networks in parallel over the sequence length."""
 
+from . import diagnostics as diagnostics
 from . import nn as nn
+from . import ode as ode
 from ._methods import ELK as ELK
 from ._methods import FixedPoint as FixedPoint
 from ._methods import Method as Method

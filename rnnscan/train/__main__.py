@@ -12,6 +12,10 @@ configuration saved in ``RUN_DIR/config.yaml`` (rerunning the original command w
 ``--out-dir RUN_DIR`` does the same). Values are parsed as YAML: ``null``, ``true``,
 ``3e-4``, ``[0.7, 0.15, 0.15]``.
 
+``--plot RUN_DIR`` draws (or redraws) ``RUN_DIR/curves.png`` from ``RUN_DIR/metrics.jsonl``;
+the figure needs matplotlib (``pip install "rnnscan[plot]"``). Without it a training run
+still finishes and says so.
+
 Several hosts: run the same command on every host with ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (``I`` = 0 .. N-1; host 0 runs the coordinator), or
 ``--distributed`` alone where ``jax.distributed.initialize()`` finds them itself (SLURM,
@@ -43,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="resume a run directory")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="RUN_DIR",
+        help="draw RUN_DIR/curves.png from its metrics.jsonl (needs matplotlib) and exit",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -80,6 +90,48 @@ def _initialize_hosts(args: argparse.Namespace) -> None:
     )
 
 
+def _curves_title(run_dir: Path) -> str:
+    """The title the training loop gives ``curves.png``, from the run's ``config.yaml``."""
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except (ConfigError, FileNotFoundError):
+        return run_dir.name
+    model = config.model
+    return (
+        f"{config.name}: {model.cell} x{model.num_blocks} "
+        f"(width {model.hidden_features}), {model.method}"
+    )
+
+
+def _plot_run(run_dir: Path) -> int:
+    """``--plot RUN_DIR``: draw the run's training curves from its ``metrics.jsonl``."""
+    from ._metrics import read_metrics
+    from ._plot import INSTALL_HINT, _pyplot, plot_curves
+
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"error: {metrics} not found (is {run_dir} a run directory?)", file=sys.stderr)
+        return 2
+    if _pyplot() is None:
+        print(f"error: drawing curves needs matplotlib: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    path = plot_curves(read_metrics(metrics), run_dir / "curves.png", _curves_title(run_dir))
+    print(f"curves: {path}")
+    return 0
+
+
+def _plot_hint(out_dir: Path) -> None:
+    """Tell how to get the figure when matplotlib was missing and none was drawn."""
+    from ._plot import INSTALL_HINT, _pyplot
+
+    if _pyplot() is None:
+        print(
+            f"training curves not drawn (matplotlib is not installed): {INSTALL_HINT}, "
+            f"then python -m rnnscan.train --plot {out_dir}"
+            + (" (one fold directory at a time)" if (out_dir / "fold0").is_dir() else "")
+        )
+
+
 def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
     """``--section.key=value`` / ``--section.key value`` tokens as ``key=value`` strings."""
     overrides = []
@@ -102,6 +154,10 @@ def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.plot is not None:
+        if args.config is not None or args.resume is not None or extra or args.overrides:
+            parser.error("--plot RUN_DIR takes no other arguments")
+        return _plot_run(args.plot)
     overrides = list(args.overrides) + _dotted_overrides(parser, extra)
     for name, key in SHORTCUTS.items():
         value = getattr(args, name)
@@ -160,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    _plot_hint(out_dir)
     return 0
 
 

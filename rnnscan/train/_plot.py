@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["plot_curves"]
+
+#: What to do when matplotlib (the ``plot`` extra) is missing.
+INSTALL_HINT = 'pip install "rnnscan[plot]"'
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -30,18 +46,25 @@ def _series(records: list[dict[str, Any]], kind: str, key: str, split: str | Non
     return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Draw a 2 x 2 figure of the run's curves into ``path`` (PNG) and return the path.
 
     Panels: cross-entropy (training steps, smoothed, and validation), accuracy
     (training batches, smoothed, and validation), solver iterations per training
     step (mean and max over blocks and series), and training step time (steps that
     compiled are left out).
-    """
-    import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Without matplotlib (``pip install "rnnscan[plot]"``) nothing is drawn: a note goes to
+    stderr and ``None`` is returned, so that a training run still finishes. The figure can
+    be drawn later from the run directory: ``python -m rnnscan.train --plot RUN_DIR``.
+    """
+    plt = _pyplot()
+    if plt is None:
+        print(
+            f"note: {Path(path).name} not drawn: matplotlib is not installed ({INSTALL_HINT})",
+            file=sys.stderr,
+        )
+        return None
 
     steps, loss = _series(records, "train", "loss")
     window = max(1, steps.size // 50)
