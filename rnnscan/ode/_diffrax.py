@@ -11,8 +11,8 @@ from typing import Any, Literal
 import jax
 from jaxtyping import Array, Float
 
-from .. import _scan
 from .._methods import Method, as_method
+from .._scan import solve as _solve
 from .._solve import ON_FAILURE
 from ._ivp import _trivial, check_grid, check_on_grid, check_y0, grid_inputs, with_initial
 from ._solution import ODESolution
@@ -139,9 +139,7 @@ def diffeqsolve(
         y1, _, _, _, _ = solver.step(terms, t0, t1, y, args, state, made_jump=False)
         return y1, None
 
-    sol = _scan.solve(
-        step, y0, grid_inputs(ts, None), method=method, on_failure=on_failure, guess=guess
-    )
+    sol = _solve(step, y0, grid_inputs(ts, None), method=method, on_failure=on_failure, guess=guess)
     return ODESolution(
         ts=ts,
         ys=with_initial(y0, sol.carries),

@@ -45,10 +45,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .. import _scan
 from .._fallback import lazy_cond
 from .._linear_recurrence import linear_recurrence
 from .._methods import FixedPoint, Method, Newton, Sequential, default_tolerances
+from .._scan import _closure_convert
+from .._scan import solve as _solve
 from .._solution import RESULTS
 from .._stopping import carry_scale, observe, start
 from .._structure import Dense, Diagonal, Structure
@@ -177,7 +178,7 @@ def implicit_solve(G, method: Method, on_failure: str, c0, xs, guess):
     Returns ``(carries, iterations, residual, result, fell_back)``."""
     x_first = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
     G_pair = lambda cp, pair: G(cp, pair[0], pair[1])
-    G_converted, consts = _scan._closure_convert(G_pair, c0, (c0, x_first))
+    G_converted, consts = _closure_convert(G_pair, c0, (c0, x_first))
     G_flat = lambda cp, c, x, *k: G_converted(cp, (c, x), *k)
 
     rtol, atol, cap = _options(method if not isinstance(method, Sequential) else Newton(), c0.dtype)
@@ -227,6 +228,6 @@ def implicit_solve(G, method: Method, on_failure: str, c0, xs, guess):
     # values are discarded (straight-through); its derivatives are the implicit ones, with
     # the step Jacobians at y*.
     refine = FixedPoint(rtol=rtol, atol=atol, max_steps=1, give_up=False, jacobian=structure)
-    sol = _scan.solve(phi, c0, (xs, c, N), method=refine, on_failure="return", guess=c)
+    sol = _solve(phi, c0, (xs, c, N), method=refine, on_failure="return", guess=c)
     carries = c + (sol.carries - jax.lax.stop_gradient(sol.carries))
     return carries, iterations, residual, result, fell_back

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _scan
 from .._flatten import make_flattener
 from .._methods import Method, as_method
+from .._scan import solve as _solve
 from .._solution import RESULTS
 from .._solve import ON_FAILURE
 from ._implicit_solve import implicit_solve
@@ -227,7 +227,7 @@ def solve_ivp(
         def step(y, x):
             return scheme.step(vf, x["t0"], x["t1"], y, x.get("u0"), x.get("u1")), None
 
-        sol = _scan.solve(step, y0, xs, method=method, on_failure=on_failure, guess=guess)
+        sol = _solve(step, y0, xs, method=method, on_failure=on_failure, guess=guess)
         carries, iterations, residual = sol.carries, sol.iterations, sol.residual
         result, fell_back = sol.result, sol.fell_back
     return ODESolution(
