@@ -34,7 +34,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Up to this many columns the per-step QR is a hand-written Gram-Schmidt (no LAPACK call per
 # step, which is slow inside a scan on CPU and worse on a GPU); above, jnp.linalg.qr.
 _GRAM_SCHMIDT_MAX_COLUMNS = 16
-_UNROLL = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +200,7 @@ def step_growth(traj: _Trajectory, k: int, key: PRNGKeyArray) -> jax.Array:
         Q, logr = _orthonormalize(jnp.matmul(J, Q, precision=_HIGHEST))
         return Q, logr
 
-    _, logr = jax.lax.scan(step, Q0, Js, unroll=_UNROLL)
+    _, logr = jax.lax.scan(step, Q0, Js)
     return logr.reshape(traj.length, -1)  # block: (T, m * b)
 
 
@@ -355,13 +354,13 @@ def window_log_norms(traj: _Trajectory, window: int, iterations: int, key) -> ja
             v, log_norm = normalize(structure.matvec(J, v))
             return (v, total + log_norm), None
 
-        return jax.lax.scan(step, (v, jnp.zeros(v.shape[:-1], v.dtype)), Js, unroll=_UNROLL)[0]
+        return jax.lax.scan(step, (v, jnp.zeros(v.shape[:-1], v.dtype)), Js)[0]
 
     def backward(u):
         def step(u, J):
             return normalize(structure.matvec(structure.transpose(J), u))[0], None
 
-        return jax.lax.scan(step, u, Js, reverse=True, unroll=_UNROLL)[0]
+        return jax.lax.scan(step, u, Js, reverse=True)[0]
 
     v = normalize(jax.random.normal(key, (W, traj.n), Js.dtype))[0]
     v = jax.lax.fori_loop(0, iterations, lambda _, v: backward(forward(v)[0]), v)
