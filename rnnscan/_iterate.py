@@ -68,6 +68,7 @@ def parallel_carries(
     """Iterate to the carries. Returns ``(carries, iterations, residual, result)``."""
     c = first_guess(F, length, c0, xs, consts, guess)
     positions = timeline.positions(length)
+    total = timeline.max(positions) + 1  # T, also when split across devices
 
     if isinstance(method, Newton) and method.carry_linear:
         delta = update(F, method, timeline, c0, c, xs, consts)
@@ -96,9 +97,17 @@ def parallel_carries(
         converged = timeline.all(step_converged)
         residual = timeline.max(jnp.where(finite, jnp.abs(delta), 0))
         any_bad = timeline.any(step_bad)
-        # The leading run of converged steps: the first unconverged position (2^30 if none).
-        prefix = -timeline.max(jnp.where(step_converged, -(2**30), -positions))
-        progress, verdict = observe(progress, residual, ~any_bad, scale, prefix=prefix)
+        # The leading run of converged steps ends at the first unconverged position.
+        first_unconverged = -timeline.max(jnp.where(step_converged, -total, -positions))
+        progress, verdict = observe(
+            progress,
+            residual,
+            ~any_bad,
+            scale,
+            prefix=first_unconverged,
+            unconverged=total - first_unconverged,
+            iterations_left=method.max_steps - k - 1,
+        )
         gave_up = method.give_up & (verdict != RESULTS.successful)
         done = converged | genuine | gave_up
         return (
