@@ -127,9 +127,20 @@ def test_numeric_labels_sorted_numerically(tmp_path):
     np.testing.assert_array_equal(series.y, [2, 1, 0, 1, 2])
 
 
-def test_unequal_length_is_rejected():
-    with pytest.raises(ValueError, match="unequal length"):
-        rd.read_uea("JapaneseVowels", _aeon_data_dir())
+def test_unequal_length_is_padded_not_truncated():
+    """JapaneseVowels (lengths 7..29, shipped in aeon): padded, every value kept."""
+    from aeon.datasets import load_from_ts_file
+
+    series = rd.read_uea("JapaneseVowels", _aeon_data_dir())
+    folder = _aeon_data_dir() / "JapaneseVowels"
+    raw = [*load_from_ts_file(str(folder / "JapaneseVowels_TRAIN.ts"))[0]]
+    raw += [*load_from_ts_file(str(folder / "JapaneseVowels_TEST.ts"))[0]]
+    assert series.X.shape == (640, max(x.shape[1] for x in raw), 12)
+    np.testing.assert_array_equal(series.lengths, [x.shape[1] for x in raw])
+    for i in (0, 17, 639):
+        n = series.lengths[i]
+        np.testing.assert_allclose(series.X[i, :n], raw[i].T, rtol=1e-6)
+        assert np.all(series.X[i, n:] == 0)
 
 
 def test_missing_ts_files(tmp_path):

@@ -19,6 +19,11 @@ Preprocessing
     :class:`Standardizer` (per-channel mean / std or median / IQR fitted on the
     training part only) and :func:`prepare` (split + standardise a
     :class:`LabelledSeries` into a :class:`Dataset`).
+Unequal lengths and missing values
+    series of unequal length are zero-padded to the longest with their
+    ``lengths`` kept (never truncated); missing values are refused
+    (:class:`DataFormatError`, naming the file) or filled, ``missing="zero"`` or
+    ``"ffill"``, optionally with observed-mask channels (``missing_mask=True``).
 
 Example::
 
@@ -40,6 +45,9 @@ from ._download import DatasetNotFoundError as DatasetNotFoundError
 from ._download import RemoteArchive as RemoteArchive
 from ._download import download_file as download_file
 from ._download import fetch_problem as fetch_problem
+from ._errors import DataFormatError as DataFormatError
+from ._missing import MISSING_POLICIES as MISSING_POLICIES
+from ._missing import fill_missing as fill_missing
 from ._paths import CACHE_DIR_ENV as CACHE_DIR_ENV
 from ._paths import DATA_DIR_ENV as DATA_DIR_ENV
 from ._paths import WORM_SAMPLE_ENV as WORM_SAMPLE_ENV
@@ -62,9 +70,11 @@ __all__ = [
     "CACHE_DIR_ENV",
     "DATA_DIR_ENV",
     "DEFAULT_FRACTIONS",
+    "MISSING_POLICIES",
     "EIGENWORMS_ARCHIVE",
     "WORM_SAMPLE_ENV",
     "ChecksumError",
+    "DataFormatError",
     "Dataset",
     "DatasetNotFoundError",
     "LabelledSeries",
@@ -73,6 +83,7 @@ __all__ = [
     "Standardizer",
     "download_file",
     "fetch_problem",
+    "fill_missing",
     "load_eigenworms",
     "load_uea",
     "load_worm_sample",

@@ -33,8 +33,9 @@ from ._standardize import Standardizer
 
 __all__ = ["CACHE_VERSION", "cache_file", "file_fingerprint", "load_cached", "save_cached"]
 
-#: Bump when the layout or the content of cache files changes.
-CACHE_VERSION = 1
+#: Bump when the layout or the content of cache files changes (2: series lengths,
+#: missing-value options).
+CACHE_VERSION = 2
 
 
 def file_fingerprint(paths: Sequence[Path]) -> list[list[Any]]:
@@ -76,6 +77,8 @@ def save_cached(path: Path, ds: Dataset) -> None:
         X, y = ds.part(part)
         arrays[f"X_{part}"], arrays[f"y_{part}"] = X, y
         arrays[f"idx_{part}"] = getattr(ds.split, part)
+        if ds.variable_length:
+            arrays[f"lengths_{part}"] = ds.lengths(part)
     if ds.standardizer is not None:
         st = ds.standardizer
         arrays["std_center"], arrays["std_scale"] = st.center, st.scale
@@ -120,6 +123,7 @@ def load_cached(path: Path) -> Dataset | None:
                 split_kind=str(z["split_kind"]),
                 seed=int(z["seed"]) if bool(z["has_seed"]) else None,
                 **{f"{a}_{p}": z[f"{a}_{p}"] for p in PARTS for a in ("X", "y")},
+                **{f"lengths_{p}": z[f"lengths_{p}"] for p in PARTS if "lengths_train" in z.files},
             )
     except (OSError, KeyError, ValueError) as err:
         warnings.warn(f"Ignoring unreadable data cache {path}: {err}", stacklevel=3)

@@ -13,6 +13,13 @@ Labels: aeon reads the class labels as (lower-cased) strings. They are mapped to
 are ordered numerically, otherwise in the order the file header declares them
 (``@classLabel true ...``), with any undeclared label appended in sorted order.
 ``class_names[k]`` is the original label of class ``k``.
+
+Series of unequal length (``@equalLength false``: JapaneseVowels, the gesture
+problems, ...) are zero-padded to the longest series of the problem and come with
+their ``lengths``; nothing is truncated. Missing values (``?``, ``@missing true``)
+are refused unless ``missing="zero"`` or ``"ffill"`` says how to fill them;
+infinite values are always refused. A file aeon cannot parse (truncated, a stray
+character) raises :class:`DataFormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ from ._download import (
     RemoteArchive,
     fetch_problem,
 )
+from ._errors import DataFormatError
+from ._missing import MISSING_POLICIES, MissingPolicy
 from ._paths import DATA_DIR_ENV, find_problem_files, resolve_cache_dir, resolve_data_dir
+from ._ragged import pad_series
 from ._splits import DEFAULT_FRACTIONS, Split, official_split, random_split, stratified_split
 from ._standardize import StandardizeMethod
 
@@ -48,8 +58,48 @@ def _load_ts(path: Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
         from aeon.datasets import load_from_ts_file
     except ImportError as err:
         raise ImportError(_INSTALL_HINT) from err
-    X, y, meta = load_from_ts_file(str(path), return_meta_data=True)
+    try:
+        X, y, meta = load_from_ts_file(str(path), return_meta_data=True)
+    except (OSError, ValueError, IndexError, KeyError, TypeError) as err:
+        # aeon's messages name no file (or an io wrapper): say which one, and what to do.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataFormatError(
+            f"{path}: not a readable .ts file ({reason}); the file may be truncated or "
+            "edited: download it again."
+        ) from err
+    if len(X) == 0:
+        raise DataFormatError(
+            f"{path}: no series after the header (an empty or truncated file?); download it again."
+        )
     return X, np.asarray(y), meta
+
+
+def _series_list(X: Any, path: Path) -> list[np.ndarray]:
+    """aeon's ``(N, C, T)`` array or list of ``(C, T_i)`` arrays as ``(T_i, C)`` float32."""
+    series = [np.asarray(x, dtype=np.float64).T.astype(np.float32) for x in X]
+    channels = {s.shape[1] for s in series}
+    if len(channels) != 1:
+        raise DataFormatError(f"{path}: series have different numbers of channels {channels}.")
+    infinite = sum(int(np.isinf(s).sum()) for s in series)
+    if infinite:
+        raise DataFormatError(
+            f"{path}: {infinite} infinite values; replace them in the file (by ? if they are "
+            "missing values)."
+        )
+    return series
+
+
+def _check_missing(series: list[np.ndarray], path: Path, missing: MissingPolicy) -> None:
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}.")
+    count = sum(int(np.isnan(s).sum()) for s in series)
+    if count and missing == "error":
+        affected = sum(bool(np.isnan(s).any()) for s in series)
+        raise DataFormatError(
+            f"{path}: {count} missing values (? or NaN) in {affected} of {len(series)} "
+            "series; fill them with data.missing=ffill or data.missing=zero "
+            "(missing='ffill' in rnnscan.data)."
+        )
 
 
 def _is_number(s: str) -> bool:
@@ -70,34 +120,41 @@ def _class_order(labels: np.ndarray, declared: Sequence[str]) -> list[str]:
     return [*declared, *(c for c in observed if c not in known)]
 
 
-def _read_pair(name: str, train_path: Path, test_path: Path) -> LabelledSeries:
-    """Parse the two ``.ts`` files of ``name`` into one pooled :class:`LabelledSeries`."""
+def _read_pair(
+    name: str, train_path: Path, test_path: Path, missing: MissingPolicy = "error"
+) -> LabelledSeries:
+    """Parse the two ``.ts`` files of ``name`` into one pooled :class:`LabelledSeries`
+    (padded with ``lengths`` when the series have unequal lengths; NaN where values are
+    missing, unless ``missing="error"`` refuses them)."""
     parts = []
     for path in (train_path, test_path):
         X, y, meta = _load_ts(path)
         if meta.get("targetlabel") or not meta.get("classlabel", True):
-            raise ValueError(f"{path} is not a classification problem (no class labels).")
-        if not meta.get("equallength", True) or not isinstance(X, np.ndarray) or X.ndim != 3:
-            raise ValueError(
-                f"{path} holds series of unequal length, which rnnscan.data does not "
-                "support: pad or truncate them to a common length first."
-            )
-        parts.append((X, y, meta))
+            raise DataFormatError(f"{path} is not a classification problem (no class labels).")
+        series = _series_list(X, path)
+        _check_missing(series, path, missing)
+        parts.append((series, y, meta))
     (X_tr, y_tr, meta_tr), (X_te, y_te, _) = parts
-    if X_tr.shape[1:] != X_te.shape[1:]:
-        raise ValueError(
-            f"{name}: train series are (C, T) = {X_tr.shape[1:]}, test series are "
-            f"{X_te.shape[1:]}; series of unequal length are not supported."
+    if X_tr[0].shape[1] != X_te[0].shape[1]:
+        raise DataFormatError(
+            f"{name}: the series of {train_path.name} have {X_tr[0].shape[1]} channels, those "
+            f"of {test_path.name} {X_te[0].shape[1]}."
         )
-    # aeon gives (N, C, T); rnnscan works time-major per sample: (N, T, C).
-    X = np.concatenate([X_tr, X_te]).transpose(0, 2, 1).astype(np.float32)
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"{name} has missing or non-finite values, which are not supported.")
+    # aeon gives (C, T) per series; rnnscan works time-major per sample: (N, T, C).
+    X, lengths = pad_series(X_tr + X_te)
     labels = np.concatenate([y_tr, y_te]).astype(str)
     names = _class_order(labels, meta_tr.get("class_values") or [])
     index = {c: k for k, c in enumerate(names)}
     y = np.array([index[c] for c in labels], dtype=np.int64)
-    return LabelledSeries(name, X, y, tuple(names), n_official_train=X_tr.shape[0])
+    equal = bool(np.all(lengths == X.shape[1]))
+    return LabelledSeries(
+        name,
+        X,
+        y,
+        tuple(names),
+        n_official_train=len(X_tr),
+        lengths=None if equal else lengths,
+    )
 
 
 def _locate(
@@ -105,13 +162,17 @@ def _locate(
     data_dir: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str] | None,
 ) -> tuple[Path, Path]:
-    root, _ = resolve_data_dir(data_dir, cache_dir)
+    root, origin = resolve_data_dir(data_dir, cache_dir)
     found = find_problem_files(name, root)
     if found is None:
+        where = {"argument": "data_dir", "environment": f"${DATA_DIR_ENV}"}.get(origin, "")
+        absent = ""
+        if not root.is_dir():
+            absent = f" (the directory {root}{', from ' + where if where else ''} does not exist)"
         raise DatasetNotFoundError(
-            f"{name}: no {name}_TRAIN.ts and {name}_TEST.ts in {root} or {root / name}. "
-            f"Put them there, pass data_dir=DIR, or set the environment variable "
-            f"{DATA_DIR_ENV}=DIR."
+            f"{name}: no {name}_TRAIN.ts and {name}_TEST.ts in {root} or {root / name}"
+            f"{absent}. Put them there, pass data_dir=DIR (data.data_dir or --data-dir DIR "
+            f"in rnnscan.train), or set the environment variable {DATA_DIR_ENV}=DIR."
         )
     return found
 
@@ -121,21 +182,26 @@ def read_uea(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
+    missing: MissingPolicy = "error",
 ) -> LabelledSeries:
     """Read a UEA/UCR problem from ``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``.
 
     Files are looked for in ``data_dir`` (else ``$RNNSCAN_DATA_DIR``, else
     ``<cache dir>/uea``), directly or in a ``<Name>/`` subfolder. The result pools
     both files (training series first, ``n_official_train`` of them), with ``X``
-    float32 ``(N, T, C)`` and ``y`` in ``0 .. K-1``. Nothing is cached.
+    float32 ``(N, T, C)`` and ``y`` in ``0 .. K-1``. Series of unequal length are
+    zero-padded to the longest (``T``) and their ``lengths`` kept. Missing values
+    are NaN when ``missing`` is ``"zero"`` or ``"ffill"`` (they are filled by
+    :func:`prepare`); with ``"error"`` they are refused. Nothing is cached.
 
     Raises:
         DatasetNotFoundError: the files are not there.
-        ValueError: unequal-length series, missing values, or a regression problem.
+        DataFormatError: a file is malformed or truncated, holds infinite values, or
+            missing values with ``missing="error"``, or is a regression problem.
         ImportError: aeon is not installed.
     """
     train_path, test_path = _locate(name, data_dir, cache_dir)
-    return _read_pair(name, train_path, test_path)
+    return _read_pair(name, train_path, test_path, missing)
 
 
 def make_split(
@@ -179,6 +245,8 @@ def _load_prepared(
     clip: float | None,
     cache: bool,
     cache_dir: str | os.PathLike[str] | None,
+    missing: MissingPolicy = "error",
+    missing_mask: bool = False,
 ) -> Dataset:
     path = None
     if cache:
@@ -189,6 +257,8 @@ def _load_prepared(
             "seed": seed,
             "standardize": standardize,
             "clip": clip,
+            "missing": missing,
+            "missing_mask": bool(missing_mask),
         }
         if split == "pooled":
             options.update(fractions=[float(f) for f in fractions], stratify=bool(stratify))
@@ -198,11 +268,20 @@ def _load_prepared(
         cached = load_cached(path)
         if cached is not None:
             return cached
-    series = _read_pair(name, *files)
+    series = _read_pair(name, *files, missing)
     idx = make_split(
         series, split, seed=seed, fractions=fractions, val_fraction=val_fraction, stratify=stratify
     )
-    ds = prepare(series, idx, standardize=standardize, clip=clip, split_kind=split, seed=seed)
+    ds = prepare(
+        series,
+        idx,
+        standardize=standardize,
+        clip=clip,
+        split_kind=split,
+        seed=seed,
+        missing=missing,
+        missing_mask=missing_mask,
+    )
     if path is not None:
         save_cached(path, ds)
     return ds
@@ -221,6 +300,8 @@ def load_uea(
     clip: float | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    missing: MissingPolicy = "error",
+    missing_mask: bool = False,
 ) -> Dataset:
     """Load a UEA/UCR classification problem, split and standardised, ready to train.
 
@@ -240,10 +321,19 @@ def load_uea(
             them on the next call with the same arguments and unchanged files.
         cache_dir: cache directory; default ``$RNNSCAN_CACHE_DIR``, else
             ``~/.cache/rnnscan``.
+        missing: ``"error"`` (refuse missing values, naming the file), ``"zero"``
+            or ``"ffill"`` (see :func:`prepare`).
+        missing_mask: append an observed-mask channel per channel.
+
+    Series of unequal length are zero-padded to the longest one; the
+    :class:`Dataset` then carries ``lengths_train`` / ``lengths_val`` /
+    ``lengths_test``, and the statistics are those of the valid steps.
 
     Raises:
         DatasetNotFoundError: the ``.ts`` files are not in the data directory.
-        ValueError: unequal-length series, missing values, bad options.
+        DataFormatError: a malformed or truncated file, infinite values, or missing
+            values with ``missing="error"``.
+        ValueError: bad options.
         ImportError: aeon is not installed.
     """
     files = _locate(name, data_dir, cache_dir)
@@ -259,6 +349,8 @@ def load_uea(
         clip=clip,
         cache=cache,
         cache_dir=cache_dir,
+        missing=missing,
+        missing_mask=missing_mask,
     )
 
 

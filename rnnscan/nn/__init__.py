@@ -22,6 +22,8 @@ LRUCell            2x2 block per unit (Re h_j, Im h_j), affine one linear scan
 =================  ==========================================  =======================
 """
 
+from ._auto import Auto as Auto
+from ._auto import SolverChoice as SolverChoice
 from ._base import Cell as Cell
 from ._classifier import CELLS as CELLS
 from ._classifier import MLP as MLP
@@ -42,3 +44,8 @@ from ._lstm import LSTMCell as LSTMCell
 from ._second_order import CPRNNCell as CPRNNCell
 from ._second_order import MIRNNCell as MIRNNCell
 from ._second_order import SecondOrderCell as SecondOrderCell
+from ._select import Decision as Decision
+from ._select import MethodSelector as MethodSelector
+from ._select import auto_layers as auto_layers
+from ._select import get_methods as get_methods
+from ._select import set_methods as set_methods

@@ -12,6 +12,7 @@ from flax import nnx
 from flax.typing import Dtype
 
 from .._methods import Method
+from ._auto import Auto
 from ._diagonal import DiagGRUCell, DiagLSTMCell
 from ._gru import GRUCell
 from ._layers import RNN, SolverStats
@@ -88,7 +89,7 @@ class ResidualBlock(nnx.Module):
         width: int,
         cell_factory: CellFactory,
         *,
-        method: str | Method,
+        method: str | Method | Auto,
         on_failure: str,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
@@ -141,7 +142,8 @@ class SequenceClassifier(nnx.Module):
             ``"diag_lstm"``, ``"cp_rnn"`` (rank = width unless given), ``"mirnn"``,
             ``"second_order"``), or a factory ``factory(in_features, hidden_features, *, rngs)``.
         cell_kwargs: extra keyword arguments for the cell (e.g. ``{"rank": 8}``).
-        method: the solver for every RNN (default ``"newton"``; see :class:`rnnscan.nn.RNN`).
+        method: the solver for every RNN (default ``"newton"``; see :class:`rnnscan.nn.RNN`);
+            ``"auto"`` lets :class:`rnnscan.nn.MethodSelector` choose per block.
         on_failure: what a solve that does not converge does (default ``"fallback"``).
         dtype, param_dtype: computation and parameter dtypes (passed to named cells too).
         rngs: the random streams that initialise the parameters.
@@ -164,7 +166,7 @@ class SequenceClassifier(nnx.Module):
         num_blocks: int = 5,
         cell: str | CellFactory = "gru",
         cell_kwargs: Mapping[str, Any] | None = None,
-        method: str | Method = "newton",
+        method: str | Method | Auto = "newton",
         on_failure: Literal["fallback", "raise", "return"] = "fallback",
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,

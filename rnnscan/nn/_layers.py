@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .._scan import solve
 from .._sharded_scan import _sharded_solve
 from .._solution import Outcome
 from .._structure import Dense
+from ._auto import Auto, SolverChoice, as_auto
 
 Carry = Any
 
@@ -91,7 +93,10 @@ class RNN(nnx.Module):
     Args:
         cell: the cell, e.g. :class:`rnnscan.nn.GRUCell` or ``flax.nnx.LSTMCell``.
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
-            ``"sequential"`` or an rnnscan method object (used as given).
+            ``"sequential"``, an rnnscan method object (used as given), or ``"auto"`` /
+            :class:`rnnscan.nn.Auto` (the parallel method or ``lax.scan``, switched at run
+            time by the layer's :class:`SolverChoice` flag; see
+            :class:`rnnscan.nn.MethodSelector`).
         time_major: inputs are ``(time, *batch, features)`` rather than
             ``(*batch, time, features)``.
         return_carry: return ``(final_carry, outputs)`` rather than the outputs.
@@ -117,7 +122,7 @@ class RNN(nnx.Module):
         self,
         cell: nnx.RNNCellBase,
         *,
-        method: str | Method = "newton",
+        method: str | Method | Auto = "newton",
         time_major: bool = False,
         return_carry: bool = False,
         reverse: bool = False,
@@ -129,7 +134,8 @@ class RNN(nnx.Module):
         time_axis: str | None = None,
         batch_axis: str | None = None,
     ):
-        resolve_method(method, cell)  # fail early on a bad name
+        auto = as_auto(method)
+        resolve_method(method if auto is None else auto.parallel, cell)  # fail early
         if mesh is None and (time_axis is not None or batch_axis is not None):
             raise ValueError("time_axis and batch_axis need a mesh")
         if mesh is not None and time_axis is None:
@@ -145,6 +151,8 @@ class RNN(nnx.Module):
         self.keep_order = keep_order
         self.on_failure = on_failure
         self.sow_stats = sow_stats
+        if auto is not None:
+            self.solver_choice = SolverChoice(jnp.asarray(auto.start == "parallel"))
         if rngs is True:
             self.rngs = nnx.RngStream(0, tag="carry")
         elif isinstance(rngs, nnx.Rngs):
@@ -220,10 +228,9 @@ class RNN(nnx.Module):
             seq_lengths = seq_lengths.reshape(num_sequences)
 
         graphdef, state = nnx.split(self.cell)
-        method = resolve_method(self.method, self.cell)
         on_failure = self.on_failure
 
-        def run_sequence(carry, xs, seq_length):
+        def run_sequence(carry, xs, seq_length, *, method):
             # A fresh module from the split state: the solve sees a pure step function whose
             # closed-over parameter arrays it can differentiate.
             cell = nnx.merge(graphdef, state)
@@ -240,10 +247,12 @@ class RNN(nnx.Module):
             stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
             return sol.final_carry, outputs, stats
 
-        if self.mesh is None:
-            final_carry, outputs, stats = jax.vmap(run_sequence)(initial_carry, inputs, seq_lengths)
-        else:
-            final_carry, outputs, stats = self._run_sharded(
+        def run_batch(method):
+            if self.mesh is None:
+                return jax.vmap(functools.partial(run_sequence, method=method))(
+                    initial_carry, inputs, seq_lengths
+                )
+            return self._run_sharded(
                 graphdef,
                 state,
                 method,
@@ -253,6 +262,19 @@ class RNN(nnx.Module):
                 length,
                 reverse,
                 keep_order,
+            )
+
+        auto = as_auto(self.method)
+        if auto is None:
+            final_carry, outputs, stats = run_batch(resolve_method(self.method, self.cell))
+        else:
+            # Both branches are compiled; the flag picks one at run time (a scalar predicate
+            # outside the vmap, so only the chosen branch runs).
+            parallel = resolve_method(auto.parallel, self.cell)
+            final_carry, outputs, stats = jax.lax.cond(
+                self.solver_choice[...],
+                lambda: run_batch(parallel),
+                lambda: run_batch(Sequential()),
             )
 
         def unflatten_batch(leaf, time_axis=False):

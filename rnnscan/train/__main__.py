@@ -21,6 +21,11 @@ Several hosts: run the same command on every host with ``--coordinator HOST:PORT
 ``--distributed`` alone where ``jax.distributed.initialize()`` finds them itself (SLURM,
 Cloud TPU, ...). The devices of every host then form one mesh (``train.devices``,
 ``train.sequence_devices``).
+
+User errors (an unknown or invalid config key, a missing config file or run directory,
+data files that are absent, truncated or hold missing / infinite values) end with one
+line on stderr, ``error: ...``, naming the file or key and the fix, and exit status 2;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,8 +33,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+from rnnscan.data import ChecksumError, DataFormatError, DatasetNotFoundError
 
 from ._config import ConfigError, apply_overrides, load_config, parse_override
+
+#: Errors that come from what the user asked for or gave, not from a bug: reported in one
+#: line (with --debug, as a traceback).
+USER_ERRORS = (
+    ConfigError,
+    DataFormatError,
+    DatasetNotFoundError,
+    ChecksumError,
+    ImportError,  # an optional extra is missing; the message says which to install
+    yaml.YAMLError,
+)
 
 SHORTCUTS = {
     "method": "model.method",
@@ -39,8 +60,23 @@ SHORTCUTS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes as one ``error:`` line and exit status 2, like the others."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (some messages list searched paths)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, yaml.YAMLError):
+        text = f"the YAML does not parse: {text}"
+    return text or type(err).__name__
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m rnnscan.train",
         description="Train an rnnscan sequence classifier (RNNs evaluated in parallel over time).",
         epilog="Any config key can be overridden: --set optim.lr=3e-4 or --optim.lr=3e-4.",
@@ -67,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="train.seed")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of errors (for bug reports)"
     )
     hosts = parser.add_argument_group("several hosts (jax.distributed.initialize)")
     hosts.add_argument("--distributed", action="store_true", help="initialise multi-host JAX")
@@ -151,9 +190,43 @@ def _dotted_overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list
     return overrides
 
 
+def _load(args: argparse.Namespace, overrides: list[str], parser: argparse.ArgumentParser):
+    """The configuration of a new run (``--config``) or of the run to resume."""
+    for text in overrides:
+        parse_override(text)  # report malformed overrides before loading anything
+    if args.resume is not None:
+        if args.config is not None:
+            parser.error("give either --config or --resume, not both")
+        saved = args.resume / "config.yaml"
+        if not saved.is_file():
+            what = "does not exist" if not args.resume.exists() else "holds no config.yaml"
+            raise ConfigError(
+                f"--resume {args.resume}: the directory {what}; give a run directory made by "
+                "python -m rnnscan.train (it holds config.yaml and checkpoints/)."
+            )
+        config = load_config(saved, overrides)
+        return apply_overrides(config, {"out_dir": str(args.resume)})
+    if args.config is not None and not args.config.is_file():
+        raise ConfigError(
+            f"--config {args.config}: no such file; give a YAML config such as "
+            "configs/uea.yaml, or leave --config out for the defaults."
+        )
+    return load_config(args.config, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    try:
+        return _main(parser, args, extra)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     if args.plot is not None:
         if args.config is not None or args.resume is not None or extra or args.overrides:
             parser.error("--plot RUN_DIR takes no other arguments")
@@ -163,19 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides.append(f"{key}={value}")
-    try:
-        for text in overrides:
-            parse_override(text)  # report malformed overrides before loading anything
-        if args.resume is not None:
-            if args.config is not None:
-                parser.error("give either --config or --resume, not both")
-            config = load_config(args.resume / "config.yaml", overrides)
-            config = apply_overrides(config, {"out_dir": str(args.resume)})
-        else:
-            config = load_config(args.config, overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = _load(args, overrides, parser)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
@@ -207,9 +268,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"test accuracy (best checkpoint): {test['accuracy']:.4f} "
                     f"({test['correct']}/{test['count']})"
                 )
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; resume with: python -m rnnscan.train --resume {out_dir}",

@@ -46,7 +46,7 @@ __all__ = [
     "parse_override",
 ]
 
-METHODS = ("sequential", "newton", "quasi_newton", "fixed_point")
+METHODS = ("sequential", "newton", "quasi_newton", "fixed_point", "auto")
 SPLITS = ("stratified", "pooled", "official")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw")
@@ -89,6 +89,14 @@ class DataConfig:
             (:func:`rnnscan.train.cross_validate`).
         synthetic: keyword arguments of :func:`rnnscan.data.make_synthetic_series`
             (``num_series``, ``seq_len``, ``num_channels``, ``num_classes``, ...).
+        missing: missing values (``?`` in a ``.ts`` file): ``"error"`` (refuse them,
+            naming the file), ``"zero"`` (0 after standardisation: the channel mean)
+            or ``"ffill"`` (carry the last observation forward, backfill the start).
+        missing_mask: append one observed-mask channel per input channel.
+        length_buckets: series of unequal length are batched with series of similar
+            length: the training lengths are cut at quantiles into this many buckets,
+            each padded to its longest member (one compilation per bucket). 1: every
+            batch is padded to the longest series.
     """
 
     source: str = "worm_sample"
@@ -105,6 +113,9 @@ class DataConfig:
     cv_folds: int = 0
     cv_fold: int | None = None
     synthetic: dict[str, Any] = field(default_factory=dict)
+    missing: str = "error"
+    missing_mask: bool = False
+    length_buckets: int = 1
 
 
 @dataclass
@@ -116,14 +127,21 @@ class ModelConfig:
             ``"diag_gru"``, ``"min_gru"``, ...).
         hidden_features: width of every layer.
         num_blocks: number of residual RNN blocks.
-        method: ``"newton"`` (DEER), ``"quasi_newton"``, ``"fixed_point"`` or
-            ``"sequential"`` (``jax.lax.scan``).
+        method: ``"newton"`` (DEER), ``"quasi_newton"``, ``"fixed_point"``,
+            ``"sequential"`` (``jax.lax.scan``) or ``"auto"``: per block, whichever of
+            ``auto.parallel`` and the sequential scan is faster, measured while training runs
+            and re-checked as it goes (:class:`rnnscan.nn.MethodSelector`).
         on_failure: what an unconverged parallel solve does (``"fallback"``: recompute
             sequentially; ``"raise"``; ``"return"``).
         dtype: ``"float32"`` or ``"float64"`` (parameters, computation and inputs).
         rtol, atol, max_iterations: solver tolerances and iteration cap; ``None``:
             rnnscan's defaults for the dtype.
         cell_kwargs: extra keyword arguments of the cell.
+        auto: options of ``method: auto``: ``parallel`` (the parallel method, default
+            ``"newton"``; the tolerances above apply to it), ``start`` (``"parallel"`` or
+            ``"sequential"``) and the :class:`rnnscan.nn.MethodSelector` options
+            ``window``, ``margin``, ``recheck_every``, ``max_recheck_every``, ``drift``,
+            ``fallback_steps``.
     """
 
     cell: str = "gru"
@@ -136,6 +154,7 @@ class ModelConfig:
     atol: float | None = None
     max_iterations: int | None = None
     cell_kwargs: dict[str, Any] = field(default_factory=dict)
+    auto: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,6 +307,13 @@ class TrainConfig:
             d.max_len is None or d.max_len >= 1, "data.max_len", "a positive int or null", d.max_len
         )
         _check(d.cv_folds == 0 or d.cv_folds >= 3, "data.cv_folds", "0 (off) or >= 3", d.cv_folds)
+        _check(
+            d.missing in ("error", "zero", "ffill"),
+            "data.missing",
+            "error | zero | ffill",
+            d.missing,
+        )
+        _check(d.length_buckets >= 1, "data.length_buckets", "a positive int", d.length_buckets)
         if d.cv_fold is not None:
             _check(d.cv_folds > 2, "data.cv_fold", "null unless data.cv_folds >= 3", d.cv_fold)
             _check(0 <= d.cv_fold < d.cv_folds, "data.cv_fold", "in 0 .. cv_folds-1", d.cv_fold)
@@ -303,6 +329,7 @@ class TrainConfig:
 
         _check(m.cell in CELLS, "model.cell", " | ".join(sorted(CELLS)), m.cell)
         _check(m.method in METHODS, "model.method", " | ".join(METHODS), m.method)
+        _check_auto(m.auto)
         _check(
             m.on_failure in ("fallback", "raise", "return"),
             "model.on_failure",
@@ -330,6 +357,34 @@ class TrainConfig:
             _check(value is None or value >= 1, f"train.{key}", "a positive int or null", value)
         _check(c.every_steps >= 1, "checkpoint.every_steps", "a positive int", c.every_steps)
         _check(c.max_to_keep >= 1, "checkpoint.max_to_keep", "a positive int", c.max_to_keep)
+
+
+AUTO_KEYS = ("parallel", "start")
+
+
+def _check_auto(auto: Mapping[str, Any]) -> None:
+    """``model.auto``: known keys, and values the selector accepts."""
+    from rnnscan.nn import MethodSelector
+
+    selector_keys = set(inspect.signature(MethodSelector).parameters) - {
+        "num_layers",
+        "parallel_name",
+    }
+    known = selector_keys | set(AUTO_KEYS)
+    for key in auto:
+        if key not in known:
+            raise ConfigError(_unknown_message(f"model.auto.{key}", key, known))
+    parallel = auto.get("parallel", "newton")
+    _check(
+        parallel in METHODS and parallel not in ("auto", "sequential"),
+        "model.auto.parallel",
+        "newton | quasi_newton | fixed_point",
+        parallel,
+    )
+    try:
+        MethodSelector(1, **{k: v for k, v in auto.items() if k in selector_keys})
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model.auto: {error}.") from None
 
 
 def _check(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -409,7 +464,11 @@ def config_diff(a: TrainConfig, b: TrainConfig) -> list[str]:
 
 # ----------------------------------------------------------------------------- internals
 
-_OPAQUE_KEYS = ("data.synthetic", "model.cell_kwargs")  # dict-valued fields, set whole
+_OPAQUE_KEYS = (
+    "data.synthetic",
+    "model.cell_kwargs",
+    "model.auto",
+)  # dict-valued fields, set whole
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -3,7 +3,8 @@
 :func:`load_dataset` turns a :class:`DataConfig` into a :class:`rnnscan.data.Dataset`
 (split and standardised). :func:`epoch_order` and :func:`batches` make the data order
 a pure function of ``(seed, epoch)``, so a resumed run sees exactly the batches an
-uninterrupted one would have seen.
+uninterrupted one would have seen (:mod:`rnnscan.train._buckets` groups series of
+unequal length into batches of similar length).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def load_dataset(config: DataConfig) -> Dataset:
             config.data_dir,
             cache_dir=config.cache_dir,
             **_archive_split_options(config),
+            **_missing_options(config),
         )
     else:
         series = _load_series(config)
@@ -73,6 +75,7 @@ def load_dataset(config: DataConfig) -> Dataset:
             clip=config.clip,
             split_kind=config.split,
             seed=config.split_seed,
+            **_missing_options(config),
         )
     return _truncate(ds, config.max_len)
 
@@ -84,11 +87,14 @@ def _load_series(config: DataConfig) -> LabelledSeries:
         return load_worm_sample(config.data_dir)
     if source == "synthetic":
         return make_synthetic_series(**config.synthetic, seed=config.split_seed)
+    missing = config.missing
     if source == "eigenworms":  # download if needed, then read like any UEA problem
         fetch_problem(EIGENWORMS_ARCHIVE, config.data_dir, config.cache_dir, config.download)
-        return read_uea(EIGENWORMS_ARCHIVE.name, config.data_dir, cache_dir=config.cache_dir)
+        return read_uea(
+            EIGENWORMS_ARCHIVE.name, config.data_dir, cache_dir=config.cache_dir, missing=missing
+        )
     if source.startswith("uea:"):
-        return read_uea(source[4:], config.data_dir, cache_dir=config.cache_dir)
+        return read_uea(source[4:], config.data_dir, cache_dir=config.cache_dir, missing=missing)
     raise ConfigError(f"data.source: unknown source {source!r}.")
 
 
@@ -104,6 +110,11 @@ def _archive_split_options(config: DataConfig) -> dict:
         standardize=config.standardize,
         clip=config.clip,
     )
+
+
+def _missing_options(config: DataConfig) -> dict:
+    """Keyword arguments of the loaders / ``prepare`` for missing values."""
+    return dict(missing=config.missing, missing_mask=config.missing_mask)
 
 
 def _pooled_split(series: LabelledSeries, config: DataConfig) -> Split:
@@ -128,14 +139,19 @@ def _cross_validation_dataset(series: LabelledSeries, config: DataConfig) -> Dat
         clip=config.clip,
         split_kind=f"cv{config.cv_folds}-fold{config.cv_fold}",
         seed=config.split_seed,
+        **_missing_options(config),
     )
 
 
 def _truncate(ds: Dataset, max_len: int | None) -> Dataset:
-    """Keep the first ``max_len`` steps of every series (statistics are left as fitted)."""
+    """Keep the first ``max_len`` steps of every series (statistics are left as fitted;
+    the lengths of longer series become ``max_len``)."""
     if max_len is None or max_len >= ds.seq_len:
         return ds
     parts = {f"X_{p}": getattr(ds, f"X_{p}")[:, :max_len] for p in ("train", "val", "test")}
+    if ds.variable_length:
+        for p in ("train", "val", "test"):
+            parts[f"lengths_{p}"] = np.minimum(ds.lengths(p), max_len)
     return dataclasses.replace(ds, **parts)
 
 
@@ -148,6 +164,11 @@ def describe(ds: Dataset) -> dict:
         "split_seed": ds.seed,
         "sizes": {p: int(ds.part(p)[0].shape[0]) for p in ("train", "val", "test")},
         "seq_len": ds.seq_len,
+        "variable_length": ds.variable_length,
+        "length_range": [
+            min(int(ds.lengths(p).min(initial=ds.seq_len)) for p in ("train", "val", "test")),
+            ds.seq_len,
+        ],
         "channels": ds.num_channels,
         "classes": list(ds.class_names),
         "class_counts": {p: counts[p].tolist() for p in counts},
@@ -198,11 +219,13 @@ class Batch:
 
     ``weights`` is 1 for real series and 0 for the padding that fills an incomplete
     batch up to the batch size (so every batch has the same shape and the jitted
-    step compiles once).
+    step compiles once). ``length``: the padded length of the batch's bucket (the
+    inputs are cut to it), ``None`` for the stored length (no bucketing).
     """
 
     indices: np.ndarray
     weights: np.ndarray
+    length: int | None = None
 
 
 def steps_per_epoch(num_series: int, batch_size: int, drop_last: bool) -> int:
@@ -239,3 +262,16 @@ def batch_at(order: np.ndarray, batch_size: int, drop_last: bool, position: int)
         if i == position:
             return batch
     raise IndexError(f"Batch {position} is past the end of the epoch.")
+
+
+def batch_arrays(
+    X: np.ndarray, y: np.ndarray, lengths: np.ndarray | None, batch: Batch
+) -> tuple[np.ndarray, ...]:
+    """``(x, y, weights)`` of ``batch`` from a part's arrays, with ``seq_lengths`` appended
+    when the part has ``lengths`` (series of unequal length); ``x`` is cut to the batch's
+    padded ``length`` when it has one."""
+    x = X[batch.indices]
+    if batch.length is not None:
+        x = x[:, : batch.length]
+    arrays = (x, y[batch.indices], batch.weights)
+    return arrays if lengths is None else (*arrays, lengths[batch.indices])

@@ -59,18 +59,25 @@ class DeviceLayout:
         # device_put, not a host copy: the tree holds typed PRNG keys (the RNG streams).
         return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
-    def batch(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray):
+    def batch(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: np.ndarray,
+        seq_lengths: np.ndarray | None = None,
+    ):
         """``(x, y, weights)`` split over the data axis, padded to a multiple of its size
         with copies of the first series of weight 0 (they change no loss, gradient or
-        count)."""
+        count); with ``seq_lengths`` (valid steps per series) ``(x, y, weights,
+        seq_lengths)``."""
+        arrays = [x, y, weights] + ([] if seq_lengths is None else [seq_lengths])
         pad = -len(y) % self.data_devices
         if pad:
             first = np.zeros(pad, np.int64)
-            x = np.concatenate([x, x[first]])
-            y = np.concatenate([y, y[first]])
-            weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+            arrays = [np.concatenate([a, a[first]]) for a in arrays]
+            arrays[2][-pad:] = 0.0  # the copies weigh nothing
         sharding = NamedSharding(self.mesh, P(DATA))
-        return tuple(_put(a, sharding) for a in (x, y, weights))
+        return tuple(_put(a, sharding) for a in arrays)
 
     def describe(self) -> dict[str, int]:
         return {"devices": self.devices, "mesh": dict(self.mesh.shape)}

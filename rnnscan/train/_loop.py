@@ -37,13 +37,15 @@ import numpy as np
 from flax import nnx
 
 from rnnscan.data import Dataset
+from rnnscan.nn import MethodSelector, auto_layers, set_methods
 
+from ._buckets import BatchPlan
 from ._checkpoint import Checkpointer
 from ._config import ConfigError, TrainConfig, apply_overrides, config_diff, load_config
-from ._data import batch_at, describe, epoch_order, load_dataset, steps_per_epoch
+from ._data import batch_arrays, describe, load_dataset
 from ._devices import device_layout
 from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
-from ._plot import plot_curves
+from ._plot import method_letters, plot_curves
 from ._steps import TrainState, build_model, compiled_steps, count_params
 
 __all__ = ["CrossValidationResult", "TrainResult", "cross_validate", "train"]
@@ -117,6 +119,8 @@ class _Progress:
     evals_since_improvement: int = 0
     stopped_early: bool = False
     wall_time_s: float = 0.0
+    selector: dict[str, Any] | None = None  # MethodSelector.state_dict() (method: auto)
+    warned_parallel: bool = False  # the once-per-run warning that parallel stopped paying
 
     def to_meta(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -203,6 +207,36 @@ def cross_validate(
 # ----------------------------------------------------------------------------- the run
 
 
+def _selector(model: Any, num_auto: int) -> MethodSelector | None:
+    """The method selector of ``model.method: auto`` (``None`` for a fixed method)."""
+    if model.method != "auto":
+        return None
+    options = {k: v for k, v in model.auto.items() if k != "parallel"}
+    return MethodSelector(num_auto, parallel_name=model.auto.get("parallel", "newton"), **options)
+
+
+def _name(selector: MethodSelector, decision: Any) -> str:
+    return selector.parallel_name if decision.parallel else "sequential"
+
+
+def _method_summary(records: list[dict[str, Any]], final: list[str]) -> dict[str, Any]:
+    """Which method each block ran, for how many steps and how much time, and why it changed
+    (the ``method`` records of ``metrics.jsonl``)."""
+    steps: list[dict[str, int]] = [{} for _ in final]
+    seconds: list[dict[str, float]] = [{} for _ in final]
+    for r in records:
+        if r.get("kind") == "train" and r.get("methods"):
+            for block, name in enumerate(r["methods"]):
+                steps[block][name] = steps[block].get(name, 0) + 1
+                seconds[block][name] = seconds[block].get(name, 0.0) + r["step_time_s"]
+    changes = [
+        {k: r[k] for k in ("step", "layer", "method", "decision", "reason")}
+        for r in records
+        if r.get("kind") == "method" and r.get("decision") in ("kept", "fallback")
+    ]
+    return {"methods": final, "method_steps": steps, "method_changes": changes}
+
+
 def _resolve_out_dir(config: TrainConfig, suffix: str = "") -> Path:
     if config.out_dir is not None:
         return Path(config.out_dir)
@@ -258,25 +292,22 @@ class _Run:
         if n == 0:
             return None
         size = min(self.config.train.eval_batch_size, n)
+        lengths = getattr(ds, f"lengths_{part}")
         start_time = time.perf_counter()
         totals: dict[str, Any] = {}
-        predictions = []
-        for start in range(0, n, size):
-            idx = np.arange(start, min(start + size, n))
-            weights = np.zeros(size, np.float32)
-            weights[: idx.size] = 1.0
-            padded = np.concatenate([idx, np.zeros(size - idx.size, np.int64)])
-            batch = self.layout.batch(X[padded], y[padded], weights)
-            out, pred = self.eval_step(params, rest, *batch)
+        predictions = np.zeros(n, np.int64)
+        for eval_batch in self.plan.eval_batches(lengths, n, size):
+            real = int(eval_batch.weights.sum())
+            arrays = batch_arrays(X, y, lengths, eval_batch)
+            out, pred = self.eval_step(params, rest, *self.layout.batch(*arrays))
             out = jax.device_get(out)
-            predictions.append(np.asarray(pred)[: idx.size])
+            predictions[eval_batch.indices[:real]] = np.asarray(pred)[:real]
             for key, value in out.items():
                 if key == "iterations_max":
                     totals[key] = max(totals.get(key, 0), int(value))
                 else:
                     totals[key] = totals.get(key, 0) + np.asarray(value)
         count = float(totals["count"])
-        predictions = np.concatenate(predictions)
         return {
             "loss": float(totals["loss_sum"]) / count,
             "accuracy": float(totals["correct"]) / count,
@@ -306,7 +337,16 @@ class _Run:
         _prepare_run_dir(self.out_dir, config)
         ds = load_dataset(config.data)
         n_train = ds.y_train.shape[0]
-        self.steps_per_epoch = steps_per_epoch(n_train, t.batch_size, t.drop_last)
+        self.plan = BatchPlan(
+            ds.lengths_train,
+            ds.seq_len,
+            t.batch_size,
+            t.drop_last,
+            t.seed,
+            config.data.length_buckets,
+            multiple=t.sequence_devices,
+        )
+        self.steps_per_epoch = self.plan.steps_per_epoch(n_train)
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} exceeds the {n_train} training series "
@@ -321,7 +361,9 @@ class _Run:
         model = build_model(
             config.model, ds.num_channels, ds.num_classes, t.seed, **self.layout.model_kwargs()
         )
+        self.selector = _selector(config.model, len(auto_layers(model)))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef = graphdef
         steps = compiled_steps(graphdef, config.optim, self.total_steps, self.dtype)
         optimizer, schedule = steps.optimizer, steps.schedule
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
@@ -340,6 +382,8 @@ class _Run:
             if resumed_from is not None:
                 state, best, meta = checkpointer.restore(resumed_from, state, best)
                 progress = _Progress.from_meta(meta)
+                if self.selector is not None and progress.selector is not None:
+                    self.selector.load_state_dict(progress.selector)
         log = MetricsLog(self.out_dir / "metrics.jsonl", keep_until_step=resumed_from)
 
         env = environment()
@@ -391,18 +435,20 @@ class _Run:
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        first_step = first_eval = True  # these may include compilation time
+        first_eval = True  # it may include compilation time
+        compiled_shapes: set[tuple[int, ...]] = set()  # a new batch shape compiles
         last_val = None
         try:
             while not self._done(progress):
-                order = epoch_order(ds.y_train.shape[0], t.seed, progress.epoch)
-                batch = batch_at(order, t.batch_size, t.drop_last, progress.position)
-                x, y = ds.X_train[batch.indices], ds.y_train[batch.indices]
+                batch = self.plan.batch(ds.y_train.shape[0], progress.epoch, progress.position)
+                arrays = batch_arrays(ds.X_train, ds.y_train, ds.lengths_train, batch)
                 lr = float(schedule(progress.step))
                 started = time.perf_counter()
-                state, out = self.train_step(state, *self.layout.batch(x, y, batch.weights))
+                state, out = self.train_step(state, *self.layout.batch(*arrays))
                 out = jax.device_get(out)
                 step_time = time.perf_counter() - started
+                first_step = arrays[0].shape not in compiled_shapes
+                compiled_shapes.add(arrays[0].shape)
                 progress.step += 1
                 progress.position += 1
                 count = float(out["count"])
@@ -422,14 +468,16 @@ class _Run:
                     "iterations_per_block": iterations.round(3).tolist(),
                     "not_converged": int(out["not_converged"]),
                     "fell_back": int(out["fell_back"]),
+                    "methods": self._methods(),
                 }
-                first_step = False
                 self._emit(log, record)
+                state = self._choose_methods(state, record, out, arrays[0].shape, progress, log)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{record['loss']:.3f}",
                     acc=f"{record['accuracy']:.2f}",
                     it=f"{record['iterations_mean']:.1f}",
+                    m=method_letters(record["methods"]),
                     val=last_val if last_val is not None else "-",
                     refresh=False,
                 )
@@ -458,6 +506,8 @@ class _Run:
                     progress.epoch += 1
                     progress.position = 0
                 progress.wall_time_s = wall_before + time.perf_counter() - session_start
+                if self.selector is not None:
+                    progress.selector = self.selector.state_dict()
                 if checkpointer is not None and (
                     progress.step % config.checkpoint.every_steps == 0 or self._done(progress)
                 ):
@@ -470,6 +520,61 @@ class _Run:
                 f"{t.patience} evaluations"
             )
         return state, best, progress
+
+    # -- method: auto ------------------------------------------------------------------
+
+    def _methods(self) -> list[str]:
+        """The method each block's RNN runs now."""
+        if self.selector is not None:
+            return list(self.selector.methods)
+        return [self.config.model.method] * self.blocks
+
+    def _choose_methods(self, state, record, out, batch_shape, progress, log):
+        """Feed the step to the selector and apply its decisions (``method: auto``); for a
+        fixed parallel method, warn once when its solves start falling back."""
+        if self.selector is None:
+            if (
+                not progress.warned_parallel
+                and self.config.model.method != "sequential"
+                and (record["fell_back"] or record["not_converged"])
+            ):
+                progress.warned_parallel = True
+                message = (
+                    f"at step {record['step']} the {self.config.model.method} solves of "
+                    f"{record['not_converged']} sequence-blocks did not converge "
+                    f"({record['fell_back']} fell back to lax.scan, which then runs as well): "
+                    "the parallel method no longer pays for itself. model.method: auto "
+                    "switches such blocks to sequential by measurement."
+                )
+                self._emit(log, {"kind": "warning", "step": record["step"], "message": message})
+                self._say(f"  warning: {message}")
+            return state
+        # Steps of different lengths (buckets) are compared per time step.
+        length = batch_shape[1] if len(batch_shape) > 1 else 1
+        decisions = self.selector.observe(
+            record["step"],
+            record["step_time_s"] / length,
+            record["iterations_per_block"],
+            np.asarray(out["fell_back_per_block"]) / float(out["count"]),
+            includes_compile=record["includes_compile"],
+        )
+        for decision in decisions:
+            name = _name(self.selector, decision)
+            self._emit(
+                log,
+                {**decision.to_dict(), "kind": "method", "decision": decision.kind, "method": name},
+            )
+            if decision.kind in ("kept", "fallback"):
+                self._say(
+                    f"  step {decision.step}: block {decision.layer} now runs {name}: "
+                    f"{decision.reason}"
+                )
+        if any(d.changed for d in decisions):
+            model = nnx.merge(self.graphdef, state.params, state.rest)
+            set_methods(model, self.selector.parallel)
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            state = state._replace(rest=self.layout.replicate(rest))
+        return state
 
     def _update_best(self, progress: _Progress, result: dict, params: Any, best: Any) -> Any:
         acc, loss = result["accuracy"], result["loss"]
@@ -550,6 +655,7 @@ class _Run:
                 "iterations_max": max((r["iterations_max"] for r in train_records), default=None),
                 "not_converged_total": int(sum(r["not_converged"] for r in train_records)),
                 "fell_back_total": int(sum(r["fell_back"] for r in train_records)),
+                **_method_summary(records, self._methods()),
             },
             **env,
             "finished_at": datetime.now().isoformat(timespec="seconds"),

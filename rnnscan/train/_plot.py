@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves"]
+__all__ = ["method_letters", "plot_curves"]
 
 #: What to do when matplotlib (the ``plot`` extra) is missing.
 INSTALL_HINT = 'pip install "rnnscan[plot]"'
@@ -46,13 +46,19 @@ def _series(records: list[dict[str, Any]], kind: str, key: str, split: str | Non
     return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
 
 
+def method_letters(methods: list[str] | None) -> str:
+    """``["newton", "sequential"]`` -> ``"NS"``."""
+    return "".join(m[0].upper() for m in methods or [])
+
+
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """Draw a 2 x 2 figure of the run's curves into ``path`` (PNG) and return the path.
 
     Panels: cross-entropy (training steps, smoothed, and validation), accuracy
     (training batches, smoothed, and validation), solver iterations per training
     step (mean and max over blocks and series), and training step time (steps that
-    compiled are left out).
+    compiled are left out), coloured by the method of each block (``"NS"``: block 0
+    Newton, block 1 sequential) with a grey line where ``method: auto`` changed one.
 
     Without matplotlib (``pip install "rnnscan[plot]"``) nothing is drawn: a note goes to
     stderr and ``None`` is returned, so that a training run still finishes. The figure can
@@ -95,20 +101,44 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
     ax_acc.legend(loc="lower right")
 
-    it_steps, it_mean = _series(records, "train", "iterations_mean")
-    _, it_max = _series(records, "train", "iterations_max")
-    if it_steps.size:
-        ax_it.plot(it_steps, it_mean, color="tab:purple", label="mean")
-        ax_it.plot(it_steps, it_max, color="tab:purple", alpha=0.4, lw=0.8, label="max")
-        ax_it.legend()
-    ax_it.set(xlabel="step", ylabel="iterations", title="solver iterations per RNN (training)")
+    it_steps, it_max = _series(records, "train", "iterations_max")
+    per_block = [
+        (r["step"], r["iterations_per_block"], r.get("methods"))
+        for r in records
+        if r.get("kind") == "train" and r.get("iterations_per_block")
+    ]
+    if per_block:
+        # Per block, gaps where it ran the sequential scan (no iterations to show).
+        for block in range(len(per_block[0][1])):
+            values = [
+                np.nan if methods and methods[block] == "sequential" else iterations[block]
+                for _, iterations, methods in per_block
+            ]
+            ax_it.plot([s for s, _, _ in per_block], values, lw=1, label=f"block {block}")
+        ax_it.plot(it_steps, it_max, color="k", alpha=0.3, lw=0.8, label="max")
+        ax_it.legend(fontsize="small", ncol=2)
+    ax_it.set(
+        xlabel="step",
+        ylabel="iterations (mean over series)",
+        title="parallel solver iterations per block (gaps: sequential)",
+    )
 
     rows = [r for r in records if r.get("kind") == "train" and not r.get("includes_compile")]
     if rows:
-        ax_time.plot([r["step"] for r in rows], [r["step_time_s"] for r in rows], ".", ms=2)
+        # One colour per assignment of methods to blocks ("NS": block 0 Newton, block 1
+        # sequential), so a run with method: auto shows what each block ran when.
+        by_methods: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_methods.setdefault(method_letters(r.get("methods")), []).append(r)
+        for letters, group in by_methods.items():
+            label = f"methods {letters}" if letters and len(by_methods) > 1 else None
+            steps_, times = [r["step"] for r in group], [r["step_time_s"] for r in group]
+            ax_time.plot(steps_, times, ".", ms=2 if len(rows) > 200 else 4, label=label)
+        for change in (r for r in records if r.get("decision") in ("kept", "fallback")):
+            ax_time.axvline(change["step"], color="grey", lw=0.6, alpha=0.6)
         median = float(np.median([r["step_time_s"] for r in rows]))
         ax_time.axhline(median, color="k", ls="--", lw=1, label=f"median {median:.3g} s")
-        ax_time.legend()
+        ax_time.legend(fontsize="small")
     ax_time.set(xlabel="step", ylabel="seconds", title="training step time")
 
     if title:

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 import rnnscan
-from rnnscan.nn import CELLS, SequenceClassifier
+from rnnscan.nn import CELLS, Auto, SequenceClassifier
 
 from ._config import ModelConfig, OptimConfig
 
@@ -51,9 +51,13 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
-def build_method(config: ModelConfig) -> str | rnnscan.Method:
+def build_method(config: ModelConfig) -> str | rnnscan.Method | Auto:
     """The solver of every RNN: a method name, or a method object when tolerances or an
-    iteration cap are configured (built with the cell's declared Jacobian structure)."""
+    iteration cap are configured (built with the cell's declared Jacobian structure);
+    for ``"auto"``, an :class:`rnnscan.nn.Auto` around the parallel method."""
+    if config.method == "auto":
+        parallel = dataclasses.replace(config, method=config.auto.get("parallel", "newton"))
+        return Auto(parallel=build_method(parallel), start=config.auto.get("start", "parallel"))
     options = {
         "rtol": config.rtol,
         "atol": config.atol,
@@ -138,10 +142,11 @@ def count_params(params: Any) -> int:
 # ----------------------------------------------------------------------------- steps
 
 
-def _forward(graphdef, params, rest, x, y, w, dtype):
-    """Weighted mean cross-entropy, and the per-series numbers the logs need."""
+def _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths=None):
+    """Weighted mean cross-entropy, and the per-series numbers the logs need
+    (``seq_lengths``: valid steps of each padded series, ``None``: all steps)."""
     model = nnx.merge(graphdef, params, rest)
-    logits, stats = model(x.astype(dtype), return_stats=True)
+    logits, stats = model(x.astype(dtype), seq_lengths, return_stats=True)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
     predictions = jnp.argmax(logits, axis=-1)
@@ -154,6 +159,7 @@ def _summaries(ce, predictions, stats, y, w) -> dict[str, jax.Array]:
     iterations = jnp.stack([s.iterations for s in stats])  # (blocks, batch)
     failed = jnp.stack([~s.converged for s in stats])
     fell_back = jnp.stack([s.fell_back for s in stats])
+    valid_fell_back = fell_back & valid
     return {
         "count": jnp.sum(w),
         "loss_sum": jnp.sum(w * ce),
@@ -161,16 +167,17 @@ def _summaries(ce, predictions, stats, y, w) -> dict[str, jax.Array]:
         "iterations_sum": jnp.sum(jnp.where(valid, iterations, 0), axis=1),  # per block
         "iterations_max": jnp.max(jnp.where(valid, iterations, 0)),
         "not_converged": jnp.sum(failed & valid),
-        "fell_back": jnp.sum(fell_back & valid),
+        "fell_back": jnp.sum(valid_fell_back),
+        "fell_back_per_block": jnp.sum(valid_fell_back, axis=1),
     }
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, dtype) -> Callable:
-    """``train_step(state, x, y, w) -> (state, summaries)``, jitted."""
+    """``train_step(state, x, y, w, seq_lengths=None) -> (state, summaries)``, jitted."""
 
-    def train_step(state: TrainState, x, y, w):
+    def train_step(state: TrainState, x, y, w, seq_lengths=None):
         def loss_fn(params):
-            return _forward(graphdef, params, state.rest, x, y, w, dtype)
+            return _forward(graphdef, params, state.rest, x, y, w, dtype, seq_lengths)
 
         (loss, (ce, predictions, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -186,10 +193,11 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, dtype) ->
 
 
 def make_eval_step(graphdef, dtype) -> Callable:
-    """``eval_step(params, rest, x, y, w) -> (summaries, predictions)``, jitted."""
+    """``eval_step(params, rest, x, y, w, seq_lengths=None) -> (summaries, predictions)``,
+    jitted."""
 
-    def eval_step(params, rest, x, y, w):
-        _, (ce, predictions, stats) = _forward(graphdef, params, rest, x, y, w, dtype)
+    def eval_step(params, rest, x, y, w, seq_lengths=None):
+        _, (ce, predictions, stats) = _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths)
         return _summaries(ce, predictions, stats, y, w), predictions
 
     return jax.jit(eval_step)
