@@ -1,7 +1,8 @@
 """Is ``method: auto`` ever slower than the better fixed method? The same training run with
 ``sequential``, a parallel method and ``auto``: wall time, step-time curves, accuracy.
 
-``python -m benchmarks.auto_method --config configs/auto_cpu.yaml --out DIR``
+``python -m benchmarks.auto_method --config configs/auto_cpu.yaml --out DIR [--methods ...]
+[--max-steps N]``
 
 The config is a :mod:`rnnscan.train` configuration plus a top-level ``methods:`` list (the
 values of ``model.method`` to compare; default ``[sequential, newton, auto]``). Each run goes
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="the output directory")
     parser.add_argument("--methods", nargs="*", help="override the config's methods list")
+    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
     args = parser.parse_args(argv)
 
     config = yaml.safe_load(args.config.read_text())
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     config.pop("methods", None)
     config.setdefault("name", args.config.stem)
     config.setdefault("checkpoint", {})["enabled"] = False
+    if args.max_steps is not None:
+        config.setdefault("train", {})["max_steps"] = args.max_steps
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for method in methods:

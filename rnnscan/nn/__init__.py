@@ -23,7 +23,6 @@ LRUCell            2x2 block per unit (Re h_j, Im h_j), affine one linear scan
 """
 
 from ._auto import Auto as Auto
-from ._auto import SolverChoice as SolverChoice
 from ._base import Cell as Cell
 from ._classifier import CELLS as CELLS
 from ._classifier import MLP as MLP

@@ -19,7 +19,7 @@ from .._scan import solve
 from .._sharded_scan import _sharded_solve
 from .._solution import Outcome
 from .._structure import Dense
-from ._auto import Auto, SolverChoice, as_auto
+from ._auto import Auto, as_auto
 
 Carry = Any
 
@@ -94,9 +94,9 @@ class RNN(nnx.Module):
         cell: the cell, e.g. :class:`rnnscan.nn.GRUCell` or ``flax.nnx.LSTMCell``.
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
             ``"sequential"``, an rnnscan method object (used as given), or ``"auto"`` /
-            :class:`rnnscan.nn.Auto` (the parallel method or ``lax.scan``, switched at run
-            time by the layer's :class:`SolverChoice` flag; see
-            :class:`rnnscan.nn.MethodSelector`).
+            :class:`rnnscan.nn.Auto` (the parallel method or ``lax.scan``, whichever the
+            layer's ``parallel_active`` flag says; :class:`rnnscan.nn.MethodSelector` sets
+            it from measurements).
         time_major: inputs are ``(time, *batch, features)`` rather than
             ``(*batch, time, features)``.
         return_carry: return ``(final_carry, outputs)`` rather than the outputs.
@@ -152,7 +152,9 @@ class RNN(nnx.Module):
         self.on_failure = on_failure
         self.sow_stats = sow_stats
         if auto is not None:
-            self.solver_choice = SolverChoice(jnp.asarray(auto.start == "parallel"))
+            # Static (part of the graph definition): each assignment compiles once, and a
+            # jitted function runs exactly one method, with no run-time switch to pay for.
+            self.parallel_active = auto.start == "parallel"
         if rngs is True:
             self.rngs = nnx.RngStream(0, tag="carry")
         elif isinstance(rngs, nnx.Rngs):
@@ -264,18 +266,7 @@ class RNN(nnx.Module):
                 keep_order,
             )
 
-        auto = as_auto(self.method)
-        if auto is None:
-            final_carry, outputs, stats = run_batch(resolve_method(self.method, self.cell))
-        else:
-            # Both branches are compiled; the flag picks one at run time (a scalar predicate
-            # outside the vmap, so only the chosen branch runs).
-            parallel = resolve_method(auto.parallel, self.cell)
-            final_carry, outputs, stats = jax.lax.cond(
-                self.solver_choice[...],
-                lambda: run_batch(parallel),
-                lambda: run_batch(Sequential()),
-            )
+        final_carry, outputs, stats = run_batch(self._current_method())
 
         def unflatten_batch(leaf, time_axis=False):
             leaf = leaf.reshape(batch_shape + leaf.shape[1:])
@@ -291,6 +282,14 @@ class RNN(nnx.Module):
 
         result = (final_carry, outputs) if return_carry else outputs
         return (result, stats) if return_stats else result
+
+    def _current_method(self) -> Method:
+        """The method this call runs: the fixed one, or for ``Auto`` the parallel method or
+        the sequential scan, as :attr:`parallel_active` says."""
+        auto = as_auto(self.method)
+        if auto is None:
+            return resolve_method(self.method, self.cell)
+        return resolve_method(auto.parallel, self.cell) if self.parallel_active else Sequential()
 
     def _run_sharded(
         self,

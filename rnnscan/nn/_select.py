@@ -6,8 +6,11 @@ back to the sequential scan on every batch, paying for both). :class:`MethodSele
 each ``method="auto"`` layer on whichever is faster *now*, from measurements only:
 
 1. **Measure** the current assignment: the median time of ``window`` training steps.
-2. **Probe** each layer in turn: flip it (parallel <-> sequential), time ``window`` steps,
-   keep the flip if the median is at least ``margin`` faster, otherwise flip it back.
+2. **Probe**: flip every layer under review at once (parallel <-> sequential), time
+   ``window`` steps (fewer when every step is ``decisive`` times slower or faster), keep the
+   flip if the median is at least ``margin`` faster, otherwise flip back. Layers whose
+   parallel iterations are not ``alike`` (within a factor 1.5) are then probed one by one,
+   since they need not gain or lose together.
 3. **Hold** the assignment, and start a new round (1-2) after ``recheck_every`` steps (the
    interval doubles, up to ``max_recheck_every``, after a round that changed nothing) or
    as soon as the statistics drift: the mean iterations of a parallel layer rise by more
@@ -16,15 +19,16 @@ each ``method="auto"`` layer on whichever is faster *now*, from measurements onl
    of the last ``window`` steps is switched to sequential at once: a fallback runs both.
 
 Every probe runs a real training step (the methods agree to the solver tolerance), so the
-search costs only the difference in step time while it runs, and no compilation: the two
-branches of an ``Auto`` layer are compiled together. The selector is a plain-Python state
+search costs the difference in step time while it runs, plus one compilation per
+assignment the first time it is visited (two for layers that behave alike: all parallel,
+all sequential; later rounds revisit compiled ones). The selector is a plain-Python state
 machine: its decisions are a deterministic function of the measurements fed to
 :meth:`MethodSelector.observe`, and its state round-trips through :meth:`state_dict` (a JSON
 dict) so that a resumed run continues the same schedule.
 
 Per-layer step times are not observable separately, so a layer's cost is the difference of
-two whole-step medians; the greedy one-layer-at-a-time search assumes that layers' costs add
-up, which holds for stacked layers that run one after another.
+two whole-step medians; the search assumes that layers' costs add up (true for stacked
+layers that run one after another) and that layers which iterate alike gain or lose alike.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -57,9 +60,11 @@ def auto_layers(model: nnx.Module) -> list[RNN]:
 
 
 def set_methods(model: nnx.Module, parallel: Sequence[bool]) -> None:
-    """Set the run-time flag of every ``Auto`` layer of ``model`` (``True``: the parallel
-    method, ``False``: ``lax.scan``), in :func:`auto_layers` order. Outside ``jax.jit`` this
-    changes which branch a jitted function that takes the model runs, without retracing."""
+    """Set the flag of every ``Auto`` layer of ``model`` (``True``: the parallel method,
+    ``False``: ``lax.scan``), in :func:`auto_layers` order. The flags are static: an
+    ``nnx.jit`` function of the model compiles each assignment the first time it sees it
+    and reuses the program afterwards (``nnx.split`` gives a different graph definition per
+    assignment, with the same parameter and state pytrees)."""
     layers = auto_layers(model)
     if len(parallel) != len(layers):
         raise ValueError(
@@ -67,12 +72,12 @@ def set_methods(model: nnx.Module, parallel: Sequence[bool]) -> None:
             f"{type(model).__name__}"
         )
     for layer, flag in zip(layers, parallel, strict=True):
-        layer.solver_choice[...] = jnp.asarray(flag, dtype=bool)
+        layer.parallel_active = bool(flag)
 
 
 def get_methods(model: nnx.Module) -> list[bool]:
     """The flags of the ``Auto`` layers of ``model`` (``True``: parallel)."""
-    return [bool(layer.solver_choice[...]) for layer in auto_layers(model)]
+    return [layer.parallel_active for layer in auto_layers(model)]
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -105,6 +110,12 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``metrics.jsonl`` records)."""
         return dataclasses.asdict(self)
+
+
+def _alike(iterations: Sequence[float], ratio: float) -> bool:
+    """Whether layers iterate alike: the most by at most ``ratio`` times the fewest."""
+    low, high = min(iterations), max(iterations)
+    return high <= ratio * max(low, 1.0)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -146,6 +157,10 @@ class MethodSelector:
         drift: relative rise of a parallel layer's mean iterations that starts a round early.
         fallback_steps: steps (of the last ``window``) with fallbacks that switch a parallel
             layer to sequential at once.
+        decisive: a probe ends early once all its steps are this many times slower (or
+            faster) than the current assignment.
+        alike: layers probed together whose parallel iterations differ by more than this
+            ratio are probed again one by one.
     """
 
     def __init__(
@@ -160,6 +175,8 @@ class MethodSelector:
         max_recheck_every: int = 1600,
         drift: float = 0.25,
         fallback_steps: int = 2,
+        decisive: float = 2.0,
+        alike: float = 1.5,
     ):
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
@@ -174,6 +191,8 @@ class MethodSelector:
             )
         if drift <= 0:
             raise ValueError(f"drift must be > 0, got {drift}")
+        if decisive <= 1 or alike < 1:
+            raise ValueError(f"need decisive > 1 and alike >= 1, got {decisive} and {alike}")
         if not 1 <= fallback_steps <= window:
             raise ValueError(
                 f"fallback_steps must be in [1, window={window}], got {fallback_steps}"
@@ -194,11 +213,14 @@ class MethodSelector:
         self.max_recheck_every = max_recheck_every
         self.drift = drift
         self.fallback_steps = fallback_steps
+        self.decisive = decisive
+        self.alike = alike
         # The state (all of it goes through state_dict).
         self._parallel = flags
         self._phase = "measure"  # "measure" | "probe" | "hold"
-        self._queue: list[int] = list(range(num_layers))  # layers still to probe this round
-        self._probing: int | None = None
+        # Probes still to run this round, each a group of layers flipped together.
+        self._queue: list[list[int]] = [list(range(num_layers))] if num_layers else []
+        self._probing: list[int] = []
         self._times: list[float] = []  # step times of the current measurement
         self._iterations: list[list[float]] = []  # per step, per layer, of the measurement
         self._recent_fallbacks: list[list[bool]] = []  # per step, per layer (last `window`)
@@ -270,10 +292,10 @@ class MethodSelector:
         if includes_compile:
             return []
         if self._phase == "hold":
-            return self._hold(step, iterations)
+            return self._hold(step)
         self._times.append(float(step_time))
         self._iterations.append(iterations)
-        if len(self._times) < self.window:
+        if len(self._times) < self.window and not self._decisive():
             return []
         measured = _median(self._times)
         mean_iterations = np.mean(self._iterations, axis=0).tolist()
@@ -283,6 +305,14 @@ class MethodSelector:
             self._baseline_iterations = mean_iterations
             return self._next_probe(step)
         return self._finish_probe(step, measured, mean_iterations)
+
+    def _decisive(self) -> bool:
+        """A probe whose steps are all more than ``decisive`` times faster or slower than the
+        baseline ends before its window is full."""
+        if self._phase != "probe" or not self._baseline_time:
+            return False
+        ratios = [t / self._baseline_time for t in self._times]
+        return all(r > self.decisive for r in ratios) or all(r * self.decisive < 1 for r in ratios)
 
     def _fallback_rule(self, step: int) -> list[Decision]:
         """Switch parallel layers that keep falling back, and restart the round's timing
@@ -296,14 +326,16 @@ class MethodSelector:
         if not switched:
             return []
         # Layers that just fell back are probed again only at the next periodic round.
-        queue = [layer for layer in self._queue if layer not in switched]
+        queue = [[layer for layer in group if layer not in switched] for group in self._queue]
         if self._phase == "hold":
             queue = []
-        probing = self._probing if self._phase == "probe" else None
-        if probing is not None and probing not in switched:
+        probing = self._probing if self._phase == "probe" else []
+        others = [layer for layer in probing if layer not in switched]
+        if others:
             # Abort the probe (its timing includes the fallbacks) and redo it after.
-            self._parallel[probing] = not self._parallel[probing]
-            queue = [probing, *queue]
+            for layer in others:
+                self._parallel[layer] = not self._parallel[layer]
+            queue = [others, *queue]
         decisions = []
         for layer in switched:
             count = sum(steps[layer] for steps in self._recent_fallbacks)
@@ -320,65 +352,88 @@ class MethodSelector:
                     True,
                     f"{self.parallel_name} fell back to the sequential scan in {count} of the "
                     f"last {len(self._recent_fallbacks)} steps (a fallback runs both)"
-                    + ("; probe rejected" if layer == probing else ""),
+                    + ("; probe rejected" if layer in probing else ""),
                 )
             )
         self._round_changed = True
-        self._start_round(queue)
+        self._phase = "measure"
+        self._queue = [group for group in queue if group]
+        self._probing = []
+        self._times, self._iterations = [], []
         return decisions
 
-    def _start_round(self, queue: Sequence[int]) -> None:
-        """Measure the current assignment, then probe the layers of ``queue`` in order."""
+    def _start_round(self, layers: Sequence[int]) -> None:
+        """Measure the current assignment, then probe ``layers``: all of them flipped at once
+        first (one probe, one compilation), one by one only if they turn out unlike."""
         self._phase = "measure"
-        self._queue = list(dict.fromkeys(queue))
-        self._probing = None
+        layers = list(dict.fromkeys(layers))
+        self._queue = [layers] if layers else []
+        self._probing = []
         self._times, self._iterations = [], []
 
     def _next_probe(self, step: int) -> list[Decision]:
         if not self._queue:
             return self._end_round(step)
-        layer = self._queue.pop(0)
-        self._probing = layer
+        group = self._queue.pop(0)
+        self._probing = group
         self._phase = "probe"
-        self._parallel[layer] = not self._parallel[layer]
-        return [
-            Decision(
-                step,
-                layer,
-                "probe",
-                self._parallel[layer],
-                True,
-                f"timing {self._name(self._parallel[layer])} for {self.window} steps "
-                f"(current assignment: {self._baseline_time:.4g} s/step)",
+        together = f" (with layers {group}, together)" if len(group) > 1 else ""
+        decisions = []
+        for layer in group:
+            self._parallel[layer] = not self._parallel[layer]
+            decisions.append(
+                Decision(
+                    step,
+                    layer,
+                    "probe",
+                    self._parallel[layer],
+                    True,
+                    f"timing {self._name(self._parallel[layer])}{together} (current "
+                    f"assignment: {self._baseline_time:.4g} s/step)",
+                )
             )
-        ]
+        return decisions
 
     def _finish_probe(
         self, step: int, measured: float, mean_iterations: Sequence[float]
     ) -> list[Decision]:
-        layer, baseline = self._probing, self._baseline_time
-        tried = self._parallel[layer]
-        numbers = (
-            f"{self._name(tried)} {measured:.4g} s/step vs {self._name(not tried)} "
-            f"{baseline:.4g} s/step (medians of {self.window} steps)"
-        )
-        if measured < (1 - self.margin) * baseline:
+        group, baseline = self._probing, self._baseline_time
+        tried = {layer: self._parallel[layer] for layer in group}
+        # Each layer's iterations when it ran in parallel: in the probe or in the baseline.
+        parallel_iterations = {
+            layer: (mean_iterations if tried[layer] else self._baseline_iterations)[layer]
+            for layer in group
+        }
+        kept = measured < (1 - self.margin) * baseline
+        decisions = []
+        for layer in group:
+            names = (self._name(tried[layer]), self._name(not tried[layer]))
+            numbers = f"{names[0]} {measured:.4g} s/step vs {names[1]} {baseline:.4g} s/step" + (
+                f" (layers {group} together)" if len(group) > 1 else ""
+            )
+            if kept:
+                decisions.append(Decision(step, layer, "kept", tried[layer], False, numbers))
+            else:
+                self._parallel[layer] = not tried[layer]
+                reason = "within the margin" if measured < baseline else "slower"
+                decisions.append(
+                    Decision(
+                        step, layer, "reverted", not tried[layer], True, f"{reason}: {numbers}"
+                    )
+                )
+            # Drift is judged against the iterations of this layer's last parallel timing.
+            self._confirmed_iterations[layer] = (
+                parallel_iterations[layer] if self._parallel[layer] else None
+            )
+        if kept:
             self._baseline_time = measured
-            self._baseline_iterations = mean_iterations
+            self._baseline_iterations = list(mean_iterations)
             self._round_changed = True
-            decision = Decision(step, layer, "kept", tried, False, numbers)
-        else:
-            self._parallel[layer] = not tried
-            reason = "within the margin" if measured < baseline else "slower"
-            decision = Decision(step, layer, "reverted", not tried, True, f"{reason}: {numbers}")
-        # Drift is judged against the iterations of this layer's last parallel timing.
-        if self._parallel[layer]:
-            source = mean_iterations if tried else self._baseline_iterations
-            self._confirmed_iterations[layer] = source[layer]
-        else:
-            self._confirmed_iterations[layer] = None
-        self._probing = None
-        return [decision, *self._next_probe(step)]
+        if len(group) > 1 and not _alike(list(parallel_iterations.values()), self.alike):
+            # Layers that iterate very differently may not gain or lose together.
+            self._queue = [[layer] for layer in group] + self._queue
+        self._probing = []
+        return [*decisions, *self._next_probe(step)]
 
     def _end_round(self, step: int) -> list[Decision]:
         self._phase = "hold"
@@ -390,7 +445,7 @@ class MethodSelector:
         self._round_changed = False
         return []
 
-    def _hold(self, step: int, iterations: Sequence[float]) -> list[Decision]:
+    def _hold(self, step: int) -> list[Decision]:
         self._held += 1
         if len(self._recent_iterations) == self.window:
             recent = np.mean(self._recent_iterations, axis=0)

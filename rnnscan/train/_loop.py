@@ -384,6 +384,7 @@ class _Run:
                 progress = _Progress.from_meta(meta)
                 if self.selector is not None and progress.selector is not None:
                     self.selector.load_state_dict(progress.selector)
+                    self._use_assignment(state)
         log = MetricsLog(self.out_dir / "metrics.jsonl", keep_until_step=resumed_from)
 
         env = environment()
@@ -416,7 +417,7 @@ class _Run:
         return TrainResult(
             out_dir=self.out_dir,
             summary=summary,
-            model=nnx.merge(graphdef, best, state.rest),
+            model=nnx.merge(self.graphdef, best, state.rest),
             best_params=best,
             final_params=state.params,
         )
@@ -435,8 +436,8 @@ class _Run:
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        first_eval = True  # it may include compilation time
-        compiled_shapes: set[tuple[int, ...]] = set()  # a new batch shape compiles
+        evaluated: set[tuple[str, ...]] = set()  # the first evaluation of each assignment compiles
+        compiled: set[tuple] = set()  # a new batch shape, or assignment of methods, compiles
         last_val = None
         try:
             while not self._done(progress):
@@ -447,8 +448,9 @@ class _Run:
                 state, out = self.train_step(state, *self.layout.batch(*arrays))
                 out = jax.device_get(out)
                 step_time = time.perf_counter() - started
-                first_step = arrays[0].shape not in compiled_shapes
-                compiled_shapes.add(arrays[0].shape)
+                variant = (arrays[0].shape, tuple(self._methods()))
+                first_step = variant not in compiled
+                compiled.add(variant)
                 progress.step += 1
                 progress.position += 1
                 count = float(out["count"])
@@ -496,12 +498,13 @@ class _Run:
                             "step": progress.step,
                             "epoch": progress.epoch,
                             **result,
-                            "includes_compile": first_eval,
+                            "includes_compile": tuple(self._methods()) not in evaluated,
+                            "methods": self._methods(),
                             "best_accuracy": progress.best_val_accuracy,
                             "improved": progress.best_step == progress.step,
                         },
                     )
-                    first_eval = False
+                    evaluated.add(tuple(self._methods()))
                 if end_of_epoch:
                     progress.epoch += 1
                     progress.position = 0
@@ -570,11 +573,18 @@ class _Run:
                     f"{decision.reason}"
                 )
         if any(d.changed for d in decisions):
-            model = nnx.merge(self.graphdef, state.params, state.rest)
-            set_methods(model, self.selector.parallel)
-            _, _, rest = nnx.split(model, nnx.Param, ...)
-            state = state._replace(rest=self.layout.replicate(rest))
+            self._use_assignment(state)
         return state
+
+    def _use_assignment(self, state: TrainState) -> None:
+        """Switch the jitted steps to the selector's assignment of methods: another graph
+        definition (the flags are static), the same parameter and state pytrees; each
+        assignment compiles the first time it runs and is cached after."""
+        model = nnx.merge(self.graphdef, state.params, state.rest)
+        set_methods(model, self.selector.parallel)
+        self.graphdef = nnx.split(model, nnx.Param, ...)[0]
+        steps = compiled_steps(self.graphdef, self.config.optim, self.total_steps, self.dtype)
+        self.train_step, self.eval_step = steps.train_step, steps.eval_step
 
     def _update_best(self, progress: _Progress, result: dict, params: Any, best: Any) -> Any:
         acc, loss = result["accuracy"], result["loss"]

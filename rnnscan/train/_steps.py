@@ -213,7 +213,7 @@ class Steps(NamedTuple):
 
 
 _STEPS_CACHE: dict[tuple, Steps] = {}
-_STEPS_CACHE_SIZE = 8
+_STEPS_CACHE_SIZE = 32  # method: auto compiles one pair of steps per assignment it tries
 
 
 def compiled_steps(graphdef, optim: OptimConfig, total_steps: int, dtype) -> Steps:
