@@ -158,7 +158,8 @@ class MethodSelector:
         fallback_steps: steps (of the last ``window``) with fallbacks that switch a parallel
             layer to sequential at once.
         decisive: a probe ends early once all its steps are this many times slower (or
-            faster) than the current assignment.
+            faster) than the current assignment; layers probed together are then not
+            probed again one by one.
         alike: layers probed together whose parallel iterations differ by more than this
             ratio are probed again one by one.
     """
@@ -242,6 +243,12 @@ class MethodSelector:
         return tuple(self._parallel)
 
     @property
+    def settled(self) -> tuple[bool, ...]:
+        """The assignment without the probe in progress (what to evaluate with: no
+        compilation for an assignment that is only being timed)."""
+        return tuple(p != (layer in self._probing) for layer, p in enumerate(self._parallel))
+
+    @property
     def methods(self) -> tuple[str, ...]:
         """The current assignment by name (``parallel_name`` or ``"sequential"``)."""
         return tuple(self.parallel_name if p else "sequential" for p in self._parallel)
@@ -297,6 +304,7 @@ class MethodSelector:
         self._iterations.append(iterations)
         if len(self._times) < self.window and not self._decisive():
             return []
+        decisive = self._decisive()
         measured = _median(self._times)
         mean_iterations = np.mean(self._iterations, axis=0).tolist()
         self._times, self._iterations = [], []
@@ -304,7 +312,7 @@ class MethodSelector:
             self._baseline_time = measured
             self._baseline_iterations = mean_iterations
             return self._next_probe(step)
-        return self._finish_probe(step, measured, mean_iterations)
+        return self._finish_probe(step, measured, mean_iterations, decisive)
 
     def _decisive(self) -> bool:
         """A probe whose steps are all more than ``decisive`` times faster or slower than the
@@ -355,7 +363,9 @@ class MethodSelector:
                     + ("; probe rejected" if layer in probing else ""),
                 )
             )
-        self._round_changed = True
+        # A layer that fell back in its own probe is back where it was: no change.
+        if any(layer not in probing for layer in switched):
+            self._round_changed = True
         self._phase = "measure"
         self._queue = [group for group in queue if group]
         self._probing = []
@@ -395,7 +405,7 @@ class MethodSelector:
         return decisions
 
     def _finish_probe(
-        self, step: int, measured: float, mean_iterations: Sequence[float]
+        self, step: int, measured: float, mean_iterations: Sequence[float], decisive: bool
     ) -> list[Decision]:
         group, baseline = self._probing, self._baseline_time
         tried = {layer: self._parallel[layer] for layer in group}
@@ -429,8 +439,10 @@ class MethodSelector:
             self._baseline_time = measured
             self._baseline_iterations = list(mean_iterations)
             self._round_changed = True
-        if len(group) > 1 and not _alike(list(parallel_iterations.values()), self.alike):
-            # Layers that iterate very differently may not gain or lose together.
+        unlike = not _alike(list(parallel_iterations.values()), self.alike)
+        if len(group) > 1 and unlike and not decisive:
+            # Layers that iterate very differently may not gain or lose together (unless
+            # the difference was so large that no split of it could change the verdict).
             self._queue = [[layer] for layer in group] + self._queue
         self._probing = []
         return [*decisions, *self._next_probe(step)]

@@ -498,13 +498,13 @@ class _Run:
                             "step": progress.step,
                             "epoch": progress.epoch,
                             **result,
-                            "includes_compile": tuple(self._methods()) not in evaluated,
-                            "methods": self._methods(),
+                            "includes_compile": tuple(self._methods(settled=True)) not in evaluated,
+                            "methods": self._methods(settled=True),
                             "best_accuracy": progress.best_val_accuracy,
                             "improved": progress.best_step == progress.step,
                         },
                     )
-                    evaluated.add(tuple(self._methods()))
+                    evaluated.add(tuple(self._methods(settled=True)))
                 if end_of_epoch:
                     progress.epoch += 1
                     progress.position = 0
@@ -526,11 +526,14 @@ class _Run:
 
     # -- method: auto ------------------------------------------------------------------
 
-    def _methods(self) -> list[str]:
-        """The method each block's RNN runs now."""
-        if self.selector is not None:
+    def _methods(self, settled: bool = False) -> list[str]:
+        """The method each block's RNN runs now in training (``settled``: in evaluations)."""
+        if self.selector is None:
+            return [self.config.model.method] * self.blocks
+        if not settled:
             return list(self.selector.methods)
-        return [self.config.model.method] * self.blocks
+        name = self.selector.parallel_name
+        return [name if p else "sequential" for p in self.selector.settled]
 
     def _choose_methods(self, state, record, out, batch_shape, progress, log):
         """Feed the step to the selector and apply its decisions (``method: auto``); for a
@@ -579,12 +582,17 @@ class _Run:
     def _use_assignment(self, state: TrainState) -> None:
         """Switch the jitted steps to the selector's assignment of methods: another graph
         definition (the flags are static), the same parameter and state pytrees; each
-        assignment compiles the first time it runs and is cached after."""
+        assignment compiles the first time it runs and is cached after. Evaluations use the
+        settled assignment, not one that is only being timed (no compilation for it)."""
+        self.graphdef, steps = self._steps_for(state, self.selector.parallel)
+        self.train_step = steps.train_step
+        self.eval_step = self._steps_for(state, self.selector.settled)[1].eval_step
+
+    def _steps_for(self, state: TrainState, parallel: tuple[bool, ...]):
         model = nnx.merge(self.graphdef, state.params, state.rest)
-        set_methods(model, self.selector.parallel)
-        self.graphdef = nnx.split(model, nnx.Param, ...)[0]
-        steps = compiled_steps(self.graphdef, self.config.optim, self.total_steps, self.dtype)
-        self.train_step, self.eval_step = steps.train_step, steps.eval_step
+        set_methods(model, parallel)
+        graphdef = nnx.split(model, nnx.Param, ...)[0]
+        return graphdef, compiled_steps(graphdef, self.config.optim, self.total_steps, self.dtype)
 
     def _update_best(self, progress: _Progress, result: dict, params: Any, best: Any) -> Any:
         acc, loss = result["accuracy"], result["loss"]
