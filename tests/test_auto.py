@@ -224,7 +224,7 @@ def stalling(out_dir, method="auto", **overrides):
             "data": {
                 "source": "synthetic",
                 "synthetic": {"num_series": 24, "seq_len": 48, "num_channels": 3},
-                "fractions": [1.0, 0.0, 0.0],  # no evaluation: only the train step compiles
+                "fractions": [0.75, 0.25, 0.0],
             },
             "model": {
                 "cell": "gru",
@@ -236,7 +236,13 @@ def stalling(out_dir, method="auto", **overrides):
                 "auto": {"window": 20, "fallback_steps": 2} if method == "auto" else {},
             },
             "optim": {"lr": 1e-2},
-            "train": {"batch_size": 4, "max_steps": 8, "progress": False},
+            "train": {
+                "batch_size": 4,
+                "eval_batch_size": 6,
+                "eval_every": 4,
+                "max_steps": 8,
+                "progress": False,
+            },
             "checkpoint": {"every_steps": 2},
         }
     )
@@ -261,6 +267,9 @@ def test_auto_switches_a_stalling_layer_and_keeps_the_trajectory(tmp_path, seque
     assert change["step"] == 2 and change["decision"] == "fallback"
     assert "fell back" in change["reason"]
     assert run.summary["solver"]["method_steps"] == [{"newton": 2, "sequential": 6}]
+    evaluations = [r for r in run.records if r["kind"] == "eval"]
+    assert evaluations and all(r["methods"] == ["sequential"] for r in evaluations)
+    assert all(r["iterations_mean"] == 0 for r in evaluations)  # they ran what they say
     reference = _train_records(sequential_run)
     assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in reference], rel=1e-10)
     tree_allclose(run.final_params, sequential_run.final_params, rtol=1e-9, atol=1e-12)

@@ -575,7 +575,7 @@ class _Run:
                     f"  step {decision.step}: block {decision.layer} now runs {name}: "
                     f"{decision.reason}"
                 )
-        if any(d.changed for d in decisions):
+        if decisions:  # a probe that is kept changes no flag but settles the assignment
             self._use_assignment(state)
         return state
 
