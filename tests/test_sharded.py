@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import OPTIMIZATION_FLAG
 
 WORKER = os.path.join(os.path.dirname(__file__), "_sharded_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_sharded_worker(groups):
     env = dict(os.environ)
     # The worker adds the 8-device flag itself; an inherited device count would clash.
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = OPTIMIZATION_FLAG
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     proc = subprocess.run(
