@@ -16,17 +16,19 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PY := $(OLDEST_VENV)/bin/python
 OLDEST_CONSTRAINTS := .ci/oldest-constraints.txt
 OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(shell cat pyproject.toml $(OLDEST_CONSTRAINTS) | cksum | cut -d' ' -f1)
-# A fast subset (35 tests, about 3 min on a busy 2-core machine) that touches every pinned
-# dependency: the solver and its vmap rule, gradients, a Flax NNX model trained with optax,
-# the CLI's training run (with and without matplotlib), resume through orbax, UEA files
-# through aeon, diffrax.
+# A fast subset (about 3 min on a busy 2-core machine) that touches every pinned
+# dependency: the solver and its vmap rule, gradients, a Flax NNX model trained with optax
+# (float64 too, and with method: auto), the CLI's training run (with and without
+# matplotlib), resume through orbax, UEA files through aeon (unequal lengths too), diffrax.
 OLDEST_TESTS ?= tests/test_packaging.py tests/test_inputs.py tests/test_scan.py \
-	tests/test_layers.py tests/test_train.py tests/test_data.py tests/test_ode.py
+	tests/test_layers.py tests/test_train.py tests/test_data.py tests/test_ode.py \
+	tests/test_auto.py tests/test_uea_archive.py
 OLDEST_SELECT ?= -k "test_packaging \
 	or (test_inputs and not random_pytrees and not integer_inputs) \
 	or (matches_lax_scan_float32 and 3000-8-gru) or test_gradients_float32 \
 	or vmap_each_sequence or classifier_training_step or resume_after_a_crash \
-	or read_uea_matches_aeon or diffeqsolve_matches_diffrax"
+	or read_uea_matches_aeon or diffeqsolve_matches_diffrax \
+	or auto_switches_a_stalling_layer or padding_never_changes_a_prediction"
 DOCS_CONFIG := docs/config/mkdocs.yml
 DIST_VENV ?= .cache/dist-venv
 

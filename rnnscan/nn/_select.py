@@ -131,17 +131,20 @@ class MethodSelector:
     training loop with it::
 
         selector = MethodSelector(len(auto_layers(model)))
+        compiled = set()  # each assignment compiles the first time it runs
         for step, batch in enumerate(batches, 1):
             start = time.perf_counter()
             stats = train_step(model, batch)  # blocks until done, returns SolverStats per layer
             seconds = time.perf_counter() - start
+            ran = selector.parallel
             decisions = selector.observe(
                 step,
                 seconds,
                 iterations=[s.iterations.mean() for s in stats],
                 fell_back=[s.fell_back.mean() for s in stats],
-                includes_compile=step == 1,
+                includes_compile=ran not in compiled,
             )
+            compiled.add(ran)
             if any(d.changed for d in decisions):
                 set_methods(model, selector.parallel)
 

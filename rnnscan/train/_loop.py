@@ -153,7 +153,7 @@ def train(config: TrainConfig, *, callback: Callback | None = None) -> TrainResu
             "every fold, or set data.cv_fold to train one."
         )
     precision = (
-        jax.enable_x64(True) if config.model.dtype == "float64" else contextlib.nullcontext()
+        _enable_x64() if config.model.dtype == "float64" else contextlib.nullcontext()
     )
     with precision:
         return _Run(config, callback).run()
@@ -205,6 +205,14 @@ def cross_validate(
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def _enable_x64():
+    """``jax.enable_x64(True)``; before jax 0.8 it was ``jax.experimental.enable_x64()``."""
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # jax < 0.8 (the supported lower bound is 0.7.2)
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
 
 
 def _selector(model: Any, num_auto: int) -> MethodSelector | None:
