@@ -9,8 +9,9 @@ each ``method="auto"`` layer on whichever is faster *now*, from measurements onl
 2. **Probe**: flip every layer under review at once (parallel <-> sequential), time
    ``window`` steps (fewer when every step is ``decisive`` times slower or faster), keep the
    flip if the median is at least ``margin`` faster, otherwise flip back. Layers whose
-   parallel iterations are not ``alike`` (within a factor 1.5) are then probed one by one,
-   since they need not gain or lose together.
+   parallel iterations are not ``alike`` (within a factor 1.5) are then probed one by one
+   when the verdict was close (within a factor ``split_within`` = 1.25), since they need
+   not gain or lose together; every such probe costs a compilation.
 3. **Hold** the assignment, and start a new round (1-2) after ``recheck_every`` steps (the
    interval doubles, up to ``max_recheck_every``, after a round that changed nothing) or
    as soon as the statistics drift: the mean iterations of a parallel layer rise by more
@@ -164,7 +165,8 @@ class MethodSelector:
             faster) than the current assignment; layers probed together are then not
             probed again one by one.
         alike: layers probed together whose parallel iterations differ by more than this
-            ratio are probed again one by one.
+            ratio are probed again one by one, if the verdict was close: the group's step
+            time within a factor ``split_within`` of the current one.
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class MethodSelector:
         fallback_steps: int = 2,
         decisive: float = 2.0,
         alike: float = 1.5,
+        split_within: float = 1.25,
     ):
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
@@ -195,8 +198,11 @@ class MethodSelector:
             )
         if drift <= 0:
             raise ValueError(f"drift must be > 0, got {drift}")
-        if decisive <= 1 or alike < 1:
-            raise ValueError(f"need decisive > 1 and alike >= 1, got {decisive} and {alike}")
+        if decisive <= 1 or alike < 1 or split_within < 1:
+            raise ValueError(
+                f"need decisive > 1, alike >= 1 and split_within >= 1, got {decisive}, "
+                f"{alike} and {split_within}"
+            )
         if not 1 <= fallback_steps <= window:
             raise ValueError(
                 f"fallback_steps must be in [1, window={window}], got {fallback_steps}"
@@ -219,6 +225,7 @@ class MethodSelector:
         self.fallback_steps = fallback_steps
         self.decisive = decisive
         self.alike = alike
+        self.split_within = split_within
         # The state (all of it goes through state_dict).
         self._parallel = flags
         self._phase = "measure"  # "measure" | "probe" | "hold"
@@ -443,9 +450,11 @@ class MethodSelector:
             self._baseline_iterations = list(mean_iterations)
             self._round_changed = True
         unlike = not _alike(list(parallel_iterations.values()), self.alike)
-        if len(group) > 1 and unlike and not decisive:
-            # Layers that iterate very differently may not gain or lose together (unless
-            # the difference was so large that no split of it could change the verdict).
+        close = 1 / self.split_within < measured / baseline < self.split_within
+        if len(group) > 1 and unlike and close and not decisive:
+            # Layers that iterate very differently may not gain or lose together, if the
+            # verdict was close enough for some of them to go the other way; each split
+            # probe costs a compilation, so a clear verdict is not split.
             self._queue = [[layer] for layer in group] + self._queue
         self._probing = []
         return [*decisions, *self._next_probe(step)]
