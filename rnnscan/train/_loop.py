@@ -152,9 +152,7 @@ def train(config: TrainConfig, *, callback: Callback | None = None) -> TrainResu
             "data.cv_folds is set but data.cv_fold is not: use cross_validate(config) to run "
             "every fold, or set data.cv_fold to train one."
         )
-    precision = (
-        _enable_x64() if config.model.dtype == "float64" else contextlib.nullcontext()
-    )
+    precision = _enable_x64() if config.model.dtype == "float64" else contextlib.nullcontext()
     with precision:
         return _Run(config, callback).run()
 
