@@ -44,7 +44,7 @@ def _loss(f, scan_fn, params, init, xs):
     return sum(jnp.sum(w * jnp.sin(leaf)) for w, leaf in zip(weights, leaves))
 
 
-def _values_and_gradients(f, method, params, init, xs):
+def _values_and_gradients(f, method, params, init, xs, on_failure="fallback"):
     """(ys, gradients w.r.t. params, init and xs) of ``method`` and of jax.lax.scan."""
 
     def run(scan_fn):
@@ -52,7 +52,8 @@ def _values_and_gradients(f, method, params, init, xs):
         grads = jax.grad(_loss, argnums=(2, 3, 4))(f, scan_fn, params, init, xs)
         return ys, grads
 
-    ours = jax.jit(lambda: run(functools.partial(rnnscan.scan, method=method)))()
+    scan = functools.partial(rnnscan.scan, method=method, on_failure=on_failure)
+    ours = jax.jit(lambda: run(scan))()
     return ours, jax.jit(lambda: run(jax.lax.scan))()
 
 
@@ -164,6 +165,61 @@ def test_elk_matches_lax_scan(cell, structure, method):
     )
     tree_allclose(ys, ref_ys, **F64)
     tree_allclose(grads, ref_grads, rtol=1e-7, atol=1e-9)
+
+
+def forced_bistable(params, h, x):
+    """n overdamped Duffing units, forward Euler with dt = 0.05: h' = h + dt (h - h^3 + C h + x).
+
+    Unforced, each unit is bistable (wells at +-1, an unstable equilibrium at 0 where
+    dF/dh = 1 + dt); a forcing of amplitude 3 (> 2 / (3 sqrt 3), the fold) leaves a single
+    attractor, which the state follows back and forth through the unstable middle. Not
+    chaotic (largest Lyapunov exponent about -0.15 per step), but Newton's first steps
+    overshoot into the cubic and overflow."""
+    h = h + 0.05 * (h - h**3 + params["C"] @ h + x)
+    return h, h
+
+
+def _forced_bistable_problem(T, dtype, n=4, coupling=0.2):
+    C = coupling * jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype) / np.sqrt(n)
+    phases = jnp.linspace(0, 2 * np.pi, n, endpoint=False, dtype=dtype)
+    t = jnp.arange(T, dtype=dtype)[:, None]
+    xs = 3.0 * jnp.sin(2 * np.pi * t / 100 + phases)
+    return {"C": C.astype(dtype)}, jnp.zeros(n, dtype), xs.astype(dtype)
+
+
+def test_elk_converges_where_newton_diverges():
+    """The acceptance case of the damped methods: on an unstable-but-not-chaotic system,
+    Newton and quasi-Newton diverge (and fall back after a few iterations), ELK and
+    quasi-ELK converge — on_failure="raise", so no fallback can hide a failure — with values
+    and gradients equal to jax.lax.scan's."""
+    params, init, xs = _forced_bistable_problem(300, jnp.float64)
+    step = bind(forced_bistable, params)
+    for method in ["newton", "quasi_newton"]:
+        sol = _solve(step, init, xs, method, on_failure="return")
+        assert int(sol.result) == rnnscan.RESULTS.diverged and sol.iterations <= 8, (
+            method,
+            rnnscan.RESULTS.message(sol.result),
+            sol.iterations,
+        )
+    for method in ["elk", "quasi_elk"]:
+        (ys, grads), (ref_ys, ref_grads) = _values_and_gradients(
+            forced_bistable, method, params, init, xs, on_failure="raise"
+        )
+        tree_allclose(ys, ref_ys, **F64)
+        tree_allclose(grads, ref_grads, rtol=1e-7, atol=1e-9)
+
+
+def test_quasi_elk_converges_where_newton_diverges_float32():
+    """(Dense ELK in float32 is tested on a GRU above; its compile is the costly part.)"""
+    params, init, xs = _forced_bistable_problem(2000, jnp.float32)
+    step = bind(forced_bistable, params)
+    assert int(_solve(step, init, xs, "quasi_newton", on_failure="return").result) in GAVE_UP
+    sol = _solve(step, init, xs, "quasi_elk", on_failure="return")
+    assert sol.converged and sol.iterations <= 30, (
+        rnnscan.RESULTS.message(sol.result),
+        sol.iterations,
+    )
+    tree_allclose(sol.ys, jax.lax.scan(step, init, xs)[1], **TOLERANCES[jnp.float32])
 
 
 def test_elk_with_fixed_damping_as_in_the_paper():
