@@ -324,7 +324,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in records))
-    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 8.4), squeeze=False)
     markers = {"tanh": "o", "gru": "s", "lstm": "^", "diag_gru": "D", "diag_lstm": "v"}
     for ax, method in zip(axes[0], methods):
         rows = [r for r in records if r["method"] == method]
@@ -369,10 +369,54 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_title(f"{method} (cap {cap})")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    # A second row: iterations vs LLE, measured points and the predictor along tanh sweeps.
+    for ax, method in zip(axes[1], methods):
+        _iterations_against_lle(ax, [r for r in records if r["method"] == method], markers)
+        ax.set_title(f"{method}: iterations against the LLE")
+    axes[1][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _iterations_against_lle(ax, rows, markers) -> None:
+    """Measured iterations (markers; filled: calibration, hollow: held out) against the
+    largest Lyapunov exponent, and the predicted iterations as a line through each sweep
+    (problems of one cell, size, length and split, in order of their exponent)."""
+    cap = max(r["max_steps"] for r in rows)
+    top = cap * 1.15
+    sweeps = dict.fromkeys((r["cell"], r["hidden"], r["length"], r["split"]) for r in rows)
+    for cell, hidden, length, split in sweeps:
+        pts = sorted(
+            (
+                r
+                for r in rows
+                if (r["cell"], r["hidden"], r["length"], r["split"])
+                == (cell, hidden, length, split)
+            ),
+            key=lambda r: r["lyapunov"],
+        )
+        color = f"C{list(markers).index(cell)}" if cell in markers else "C0"
+        lle = [r["lyapunov"] for r in pts]
+        pred = [
+            top if r["predicted_iterations"] is None else min(r["predicted_iterations"], top)
+            for r in pts
+        ]
+        ax.plot(lle, pred, color=color, lw=0.9, alpha=0.7)
+        ax.scatter(
+            lle,
+            [r["iterations"] if r["converged"] else top for r in pts],
+            marker=markers.get(cell, "o"),
+            color=color if split == "calibration" else None,
+            facecolors=None if split == "calibration" else "none",
+            edgecolors=color,
+            label=f"{cell} n={hidden} T={length:,} ({split})",
+        )
+    ax.axhline(top, color="red", lw=0.6, ls="--")
+    ax.axvline(0.0, color="black", lw=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("largest Lyapunov exponent per step (> 0: chaotic)")
+    ax.set_ylabel("iterations (markers: measured, lines: predicted)")
+    ax.grid(alpha=0.3)
 
 
 def main(argv=None) -> None:
