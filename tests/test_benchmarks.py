@@ -135,6 +135,23 @@ def test_plots_and_report(tiny_results, tmp_path):
     assert "| gru | 2 | 8 | 1 | float32 |" in text
 
 
+def test_unstable_systems_report_regenerates_the_committed_table(tmp_path):
+    """The committed results file, read back through report() and plot(), gives the
+    committed markdown table (what the docs quote) and a figure."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import unstable_systems
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    records = [
+        json.loads(line)
+        for line in (results / "unstable-systems-cpu-2026-12-01.jsonl").read_text().splitlines()
+    ]
+    committed = (results / "unstable-systems-cpu-2026-12-01.md").read_text()
+    assert "## Unstable, not chaotic\n\n" + unstable_systems.report(records) == committed
+    unstable_systems.plot(records, tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").stat().st_size > 1000
+
+
 def test_deer_comparison_in_report():
     ok = {
         "status": "ok",
