@@ -5,6 +5,8 @@ is the sequential one, a resumed run keeps the selector's state)."""
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,13 @@ def test_selector_is_deterministic_and_resumes_from_its_state():
     assert len(decisions) > 4
 
 
+def test_selector_announces_the_next_probe():
+    selector = MethodSelector(2, start="sequential", window=1, fallback_steps=1)
+    assert selector.upcoming == (True, True)  # measuring; then all layers flipped together
+    selector.observe(1, 1.0, [0.0, 0.0], [0.0, 0.0])
+    assert selector.phase == "probe" and selector.upcoming is None
+
+
 def test_selector_rejects_bad_options():
     with pytest.raises(ValueError, match="window"):
         MethodSelector(2, window=0)
@@ -285,6 +294,30 @@ def test_fixed_parallel_method_warns_once(tmp_path):
 
 class Crash(Exception):
     pass
+
+
+def test_the_probe_runs_a_step_compiled_in_the_background(tmp_path):
+    """While sequential steps run, the Newton train step of the coming probe compiles on a
+    worker thread; the steps meanwhile are not timed for decisions, and the probe's first
+    step runs the ahead-compiled executable (no compilation in it) and computes the same
+    losses as the sequential run."""
+
+    def slow_down_while_compiling(record):  # let the compile finish within the short run
+        if record["kind"] == "train" and record["during_background_compile"]:
+            time.sleep(1.0)
+
+    settings = {"model.max_iterations": 50, "train.max_steps": 30, "train.eval_every": 100}
+    auto = {"window": 1, "fallback_steps": 1, "start": "sequential", "recheck_every": 1000}
+    config = stalling(tmp_path / "ahead", **settings, **{"model.auto": auto})
+    records = _train_records(train(config, callback=slow_down_while_compiling))
+    sequential = stalling(tmp_path / "seq", method="sequential", **settings)
+    reference = [r["loss"] for r in _train_records(train(sequential))]
+    assert records[0]["methods"] == ["sequential"] and records[0]["includes_compile"]
+    assert records[1]["during_background_compile"]
+    probed = [r for r in records if r["methods"] == ["newton"]]
+    assert probed, [r["methods"] for r in records]
+    assert not probed[0]["includes_compile"] and probed[0]["fell_back"] == 0
+    np.testing.assert_allclose([r["loss"] for r in records], reference, rtol=1e-9)
 
 
 def test_resume_keeps_the_selectors_decisions(tmp_path):

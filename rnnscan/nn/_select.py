@@ -259,6 +259,17 @@ class MethodSelector:
         return tuple(p != (layer in self._probing) for layer, p in enumerate(self._parallel))
 
     @property
+    def upcoming(self) -> tuple[bool, ...] | None:
+        """The assignment the next probe will run, while the current one is being measured
+        (``None`` otherwise): what a training loop can compile ahead of time."""
+        if self._phase != "measure" or not self._queue:
+            return None
+        flags = list(self._parallel)
+        for layer in self._queue[0]:
+            flags[layer] = not flags[layer]
+        return tuple(flags)
+
+    @property
     def methods(self) -> tuple[str, ...]:
         """The current assignment by name (``parallel_name`` or ``"sequential"``)."""
         return tuple(self.parallel_name if p else "sequential" for p in self._parallel)

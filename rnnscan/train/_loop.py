@@ -46,6 +46,7 @@ from ._data import batch_arrays, describe, load_dataset
 from ._devices import device_layout
 from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
 from ._plot import method_letters, plot_curves
+from ._precompile import BackgroundCompiler, abstract
 from ._steps import TrainState, build_model, compiled_steps, count_params
 
 __all__ = ["CrossValidationResult", "TrainResult", "cross_validate", "train"]
@@ -368,6 +369,7 @@ class _Run:
             config.model, ds.num_channels, ds.num_classes, t.seed, **self.layout.model_kwargs()
         )
         self.selector = _selector(config.model, len(auto_layers(model)))
+        self.compiler = BackgroundCompiler()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
         steps = compiled_steps(graphdef, config.optim, self.total_steps, self.dtype)
@@ -450,12 +452,14 @@ class _Run:
                 batch = self.plan.batch(ds.y_train.shape[0], progress.epoch, progress.position)
                 arrays = batch_arrays(ds.X_train, ds.y_train, ds.lengths_train, batch)
                 lr = float(schedule(progress.step))
+                args = self.layout.batch(*arrays)
+                variant = (arrays[0].shape, tuple(self._methods()))
+                shared = self.compiler.busy()  # this step shares the machine with a compile
                 started = time.perf_counter()
-                state, out = self.train_step(state, *self.layout.batch(*arrays))
+                state, out, ahead = self._train_step(variant, state, args)
                 out = jax.device_get(out)
                 step_time = time.perf_counter() - started
-                variant = (arrays[0].shape, tuple(self._methods()))
-                first_step = variant not in compiled
+                first_step = variant not in compiled and not ahead
                 compiled.add(variant)
                 progress.step += 1
                 progress.position += 1
@@ -471,6 +475,7 @@ class _Run:
                     "grad_norm": float(out["grad_norm"]),
                     "step_time_s": step_time,
                     "includes_compile": first_step,
+                    "during_background_compile": shared,
                     "iterations_mean": float(iterations.mean()),
                     "iterations_max": int(out["iterations_max"]),
                     "iterations_per_block": iterations.round(3).tolist(),
@@ -480,6 +485,7 @@ class _Run:
                 }
                 self._emit(log, record)
                 state = self._choose_methods(state, record, out, arrays[0].shape, progress, log)
+                self._compile_upcoming(state, args, arrays[0].shape, compiled)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{record['loss']:.3f}",
@@ -523,6 +529,7 @@ class _Run:
                     checkpointer.save(progress.step, state, best, progress.to_meta())
         finally:
             bar.close()
+            self.compiler.close()
         if progress.stopped_early:
             self._say(
                 f"  early stop at step {progress.step}: no better validation accuracy in "
@@ -568,7 +575,7 @@ class _Run:
             record["step_time_s"] / length,
             record["iterations_per_block"],
             np.asarray(out["fell_back_per_block"]) / float(out["count"]),
-            includes_compile=record["includes_compile"],
+            includes_compile=record["includes_compile"] or record["during_background_compile"],
         )
         for decision in decisions:
             name = _name(self.selector, decision)
@@ -584,6 +591,31 @@ class _Run:
         if decisions:  # a probe that is kept changes no flag but settles the assignment
             self._use_assignment(state)
         return state
+
+    def _train_step(self, variant, state, args):
+        """One training step: by the executable compiled ahead for this assignment and batch
+        shape when there is one (``method: auto``), else by the jitted step. Returns
+        ``(state, summaries, whether it ran ahead-compiled)``."""
+        executable = self.compiler.get(variant)
+        if executable is not None:
+            try:
+                return (*executable(state, *args), True)
+            except (TypeError, ValueError):  # arguments it was not compiled for
+                self.compiler.discard(variant)
+        return (*self.train_step(state, *args), False)
+
+    def _compile_upcoming(self, state, args, batch_shape, compiled) -> None:
+        """Start compiling the train step of the selector's next probe on the worker thread,
+        unless it is compiled already."""
+        upcoming = None if self.selector is None else self.selector.upcoming
+        if upcoming is None:
+            return
+        name = self.selector.parallel_name
+        variant = (batch_shape, tuple(name if p else "sequential" for p in upcoming))
+        if variant in compiled:
+            return
+        _, steps = self._steps_for(state, upcoming)
+        self.compiler.submit(variant, steps.train_step, *abstract((state, *args)))
 
     def _use_assignment(self, state: TrainState) -> None:
         """Switch the jitted steps to the selector's assignment of methods: another graph
