@@ -242,7 +242,11 @@ def stalling(out_dir, method="auto", **overrides):
                 "method": method,
                 "max_iterations": 1,
                 "dtype": "float64",
-                "auto": {"window": 20, "fallback_steps": 2} if method == "auto" else {},
+                "auto": (
+                    {"window": 20, "fallback_steps": 2, "start": "parallel"}
+                    if method == "auto"
+                    else {}
+                ),
             },
             "optim": {"lr": 1e-2},
             "train": {

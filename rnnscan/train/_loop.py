@@ -219,6 +219,9 @@ def _selector(model: Any, num_auto: int) -> MethodSelector | None:
     if model.method != "auto":
         return None
     options = {k: v for k, v in model.auto.items() if k != "parallel"}
+    # Start sequential: its program compiles fast, and the parallel one, whose compile can
+    # outlast a short run, then compiles on the worker thread while training goes on.
+    options.setdefault("start", "sequential")
     return MethodSelector(num_auto, parallel_name=model.auto.get("parallel", "newton"), **options)
 
 
