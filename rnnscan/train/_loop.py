@@ -382,6 +382,8 @@ class _Run:
         params = state.params
         best = params
         progress = _Progress(seed=t.seed)
+        if self.selector is not None:  # the model's flags follow the selector's start
+            self._use_assignment(state)
 
         checkpointer = None
         resumed_from = None
