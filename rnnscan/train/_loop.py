@@ -489,7 +489,9 @@ class _Run:
                     "methods": self._methods(),
                 }
                 self._emit(log, record)
-                state = self._choose_methods(state, record, out, arrays[0].shape, progress, log)
+                state = self._choose_methods(
+                    state, record, out, arrays[0].shape, progress, log, compiled
+                )
                 if not (ds.y_val.shape[0] and not evaluated and self._first_eval_soon()):
                     self._compile_upcoming(state, args, arrays[0].shape, compiled)
                 bar.update(1)
@@ -554,7 +556,7 @@ class _Run:
         name = self.selector.parallel_name
         return [name if p else "sequential" for p in self.selector.settled]
 
-    def _choose_methods(self, state, record, out, batch_shape, progress, log):
+    def _choose_methods(self, state, record, out, batch_shape, progress, log, compiled):
         """Feed the step to the selector and apply its decisions (``method: auto``); for a
         fixed parallel method, warn once when its solves start falling back."""
         if self.selector is None:
@@ -581,7 +583,9 @@ class _Run:
             record["step_time_s"] / length,
             record["iterations_per_block"],
             np.asarray(out["fell_back_per_block"]) / float(out["count"]),
-            includes_compile=record["includes_compile"] or record["during_background_compile"],
+            includes_compile=record["includes_compile"]
+            or record["during_background_compile"]
+            or self._upcoming_variant(batch_shape, compiled, waiting_only=True) is not None,
         )
         for decision in decisions:
             name = _name(self.selector, decision)
@@ -622,15 +626,24 @@ class _Run:
     def _compile_upcoming(self, state, args, batch_shape, compiled) -> None:
         """Start compiling the train step of the selector's next probe on the worker thread,
         unless it is compiled already."""
+        variant = self._upcoming_variant(batch_shape, compiled)
+        if variant is not None:
+            _, steps = self._steps_for(state, self.selector.upcoming)
+            self.compiler.submit(variant, steps.train_step, *abstract((state, *args)))
+
+    def _upcoming_variant(self, batch_shape, compiled, waiting_only=False):
+        """``(batch shape, methods)`` of the selector's next probe when its train step is
+        not compiled yet (``waiting_only``: nor has its background compilation finished,
+        successfully or not); else ``None``. While the probe waits for its program, steps
+        are not timed for decisions, so that the probe never compiles in the loop."""
         upcoming = None if self.selector is None else self.selector.upcoming
         if upcoming is None:
-            return
+            return None
         name = self.selector.parallel_name
         variant = (batch_shape, tuple(name if p else "sequential" for p in upcoming))
-        if variant in compiled:
-            return
-        _, steps = self._steps_for(state, upcoming)
-        self.compiler.submit(variant, steps.train_step, *abstract((state, *args)))
+        if variant in compiled or (waiting_only and self.compiler.finished(variant)):
+            return None
+        return variant
 
     def _use_assignment(self, state: TrainState) -> None:
         """Switch the jitted steps to the selector's assignment of methods: another graph

@@ -50,6 +50,11 @@ class BackgroundCompiler:
         """Whether a compilation is running or waiting."""
         return any(not job.done() for job in self._jobs.values())
 
+    def finished(self, key: Hashable) -> bool:
+        """Whether the compilation of ``key`` has ended (successfully or not)."""
+        job = self._jobs.get(key)
+        return job is not None and job.done()
+
     def get(self, key: Hashable) -> Callable | None:
         """The compiled executable of ``key`` when it is ready, else ``None`` (also when its
         compilation failed: the caller's jitted function will then compile, and raise, in
