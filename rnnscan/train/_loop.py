@@ -627,7 +627,7 @@ class _Run:
         """Start compiling the train step of the selector's next probe on the worker thread,
         unless it is compiled already."""
         variant = self._upcoming_variant(batch_shape, compiled)
-        if variant is not None:
+        if variant is not None and not self.compiler.submitted(variant):
             _, steps = self._steps_for(state, self.selector.upcoming)
             self.compiler.submit(variant, steps.train_step, *abstract((state, *args)))
 

@@ -50,6 +50,9 @@ class BackgroundCompiler:
         """Whether a compilation is running or waiting."""
         return any(not job.done() for job in self._jobs.values())
 
+    def submitted(self, key: Hashable) -> bool:
+        return key in self._jobs
+
     def finished(self, key: Hashable) -> bool:
         """Whether the compilation of ``key`` has ended (successfully or not)."""
         job = self._jobs.get(key)
