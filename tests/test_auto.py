@@ -318,7 +318,8 @@ def test_the_probe_runs_a_step_compiled_in_the_background(tmp_path):
     reference = [r["loss"] for r in _train_records(train(sequential))]
     assert records[0]["methods"] == ["sequential"] and records[0]["includes_compile"]
     # It starts after the first evaluation (step 2) has compiled.
-    assert not records[1]["during_background_compile"] and records[2]["during_background_compile"]
+    shared = [r["step"] for r in records if r["during_background_compile"]]
+    assert shared and shared[0] > 2, shared
     probed = [r for r in records if r["methods"] == ["newton"]]
     assert probed, [r["methods"] for r in records]
     assert not probed[0]["includes_compile"] and probed[0]["fell_back"] == 0
