@@ -130,21 +130,32 @@ def run(config: dict, lengths, out: Path, config_path: str) -> list[dict]:
                     length=T,
                     dtype=str(dtype),
                     gain=gain,
-                    method=label,
-                    iterations=int(sol.iterations),
-                    result=int(sol.result),
-                    result_message=rnnscan.RESULTS.message(sol.result),
-                    fell_back=bool(sol.fell_back),
-                    max_abs_dev=float(jnp.max(jnp.abs(sol.ys - reference))),
-                    median_s=medians[label],
-                    sequential_median_s=medians["sequential"],
-                    time_vs_sequential=medians[label] / medians["sequential"],
+                    **solve_fields(label, sol, reference, medians),
                     provenance=provenance,
                 )
                 records.append(record)
-                with out.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                append_record(out, record)
     return records
+
+
+def solve_fields(label: str, sol, reference, medians: dict) -> dict:
+    """The fields of a record that describe one method's solve and its time."""
+    return dict(
+        method=label,
+        iterations=int(sol.iterations),
+        result=int(sol.result),
+        result_message=rnnscan.RESULTS.message(sol.result),
+        fell_back=bool(sol.fell_back),
+        max_abs_dev=float(jnp.max(jnp.abs(sol.ys - reference))),
+        median_s=medians[label],
+        sequential_median_s=medians["sequential"],
+        time_vs_sequential=medians[label] / medians["sequential"],
+    )
+
+
+def append_record(out: Path, record: dict) -> None:
+    with out.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def report(records: list[dict]) -> str:

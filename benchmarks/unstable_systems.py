@@ -27,7 +27,6 @@ to the sequential scan (timed in the same process, calls interleaved round by ro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
@@ -41,7 +40,7 @@ from rnnscan import ode
 from rnnscan.diagnostics import lyapunov_exponents
 
 from . import _provenance
-from .hard_dynamics import _interleaved_medians, _method
+from .hard_dynamics import _interleaved_medians, _method, append_record, solve_fields
 
 _SHORT = {0: "ok", 1: "cap", 2: "nonfinite", 3: "diverged", 4: "stalled"}
 
@@ -120,26 +119,16 @@ def run(config: dict, out: Path, config_path: str) -> list[dict]:
         medians = _interleaved_medians(programs, (operand,), config["repeats"])
         reference = solutions["sequential"].ys
         for label, _ in methods:
-            sol = solutions[label]
             record = dict(
                 system=system,
                 length=length,
                 dtype=dtype_name,
                 largest_lyapunov_exponent=lle,
-                method=label,
-                iterations=int(sol.iterations),
-                result=int(sol.result),
-                result_message=rnnscan.RESULTS.message(sol.result),
-                fell_back=bool(sol.fell_back),
-                max_abs_dev=float(jnp.max(jnp.abs(sol.ys - reference))),
-                median_s=medians[label],
-                sequential_median_s=medians["sequential"],
-                time_vs_sequential=medians[label] / medians["sequential"],
+                **solve_fields(label, solutions[label], reference, medians),
                 provenance=provenance,
             )
             records.append(record)
-            with out.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_record(out, record)
     return records
 
 
