@@ -28,7 +28,8 @@ OLDEST_SELECT ?= -k "test_packaging \
 	or (matches_lax_scan_float32 and 3000-8-gru) or test_gradients_float32 \
 	or vmap_each_sequence or classifier_training_step or resume_after_a_crash \
 	or read_uea_matches_aeon or diffeqsolve_matches_diffrax \
-	or auto_switches_a_stalling_layer or padding_never_changes_a_prediction"
+	or auto_switches_a_stalling_layer or padding_never_changes_a_prediction \
+	or compiled_in_the_background"
 DOCS_CONFIG := docs/config/mkdocs.yml
 DIST_VENV ?= .cache/dist-venv
 
