@@ -209,9 +209,31 @@ def test_selector_announces_the_next_probe():
     assert selector.phase == "probe" and selector.upcoming is None
 
 
+def test_a_probe_whose_compile_cannot_pay_is_deferred():
+    selector = MethodSelector(2, start="sequential", window=1, fallback_steps=1, probe_budget=0.1)
+    # Compiling 5 s of the 100 s left is within the budget: the probe goes ahead ...
+    assert selector.defer_unaffordable(1, remaining_seconds=100.0, compile_seconds=5.0) == []
+    assert selector.upcoming == (True, True)
+    # ... 5 s of 40 s is not: the round ends with nothing changed, for both layers.
+    decisions = selector.defer_unaffordable(1, remaining_seconds=40.0, compile_seconds=5.0)
+    assert [(d.layer, d.kind, d.parallel, d.changed) for d in decisions] == [
+        (0, "deferred", False, False),
+        (1, "deferred", False, False),
+    ]
+    assert "40 s the run has left" in decisions[0].reason
+    assert selector.phase == "hold" and selector.upcoming is None
+    assert selector.parallel == (False, False)
+    # A probe toward sequential compiles a smaller program than the current one: never deferred.
+    parallel = MethodSelector(1, start="parallel")
+    assert parallel.defer_unaffordable(1, remaining_seconds=1.0, compile_seconds=5.0) == []
+    assert parallel.upcoming == (False,)
+
+
 def test_selector_rejects_bad_options():
     with pytest.raises(ValueError, match="window"):
         MethodSelector(2, window=0)
+    with pytest.raises(ValueError, match="probe_budget"):
+        MethodSelector(2, probe_budget=0.0)
     with pytest.raises(ValueError, match="start has 1 flags"):
         MethodSelector(2, start=[True])
     with pytest.raises(ValueError, match="expected 2 per-layer values"):
@@ -312,6 +334,8 @@ def test_the_probe_runs_a_step_compiled_in_the_background(tmp_path):
 
     settings = {"model.max_iterations": 50, "train.max_steps": 30, "train.eval_every": 2}
     auto = {"window": 1, "fallback_steps": 1, "start": "sequential", "recheck_every": 1000}
+    # A run this short could never pay for the compile (the next test): allow it anyway.
+    auto["probe_budget"] = 1e6
     config = stalling(tmp_path / "ahead", **settings, **{"model.auto": auto})
     records = _train_records(train(config, callback=slow_down_while_compiling))
     sequential = stalling(tmp_path / "seq", method="sequential", **settings)
@@ -324,6 +348,23 @@ def test_the_probe_runs_a_step_compiled_in_the_background(tmp_path):
     assert probed, [r["methods"] for r in records]
     assert not probed[0]["includes_compile"] and probed[0]["fell_back"] == 0
     np.testing.assert_allclose([r["loss"] for r in records], reference, rtol=1e-9)
+
+
+def test_a_short_run_does_not_compile_a_probe_it_cannot_use(tmp_path):
+    """30 steps of a few milliseconds cannot pay for compiling the Newton step: the probe is
+    deferred (and logged why), nothing compiles in the background, and every step is
+    sequential."""
+    auto = {"window": 1, "fallback_steps": 1, "start": "sequential", "recheck_every": 1000}
+    # A width no other test compiles: a cached program would measure a compile time of ~0.
+    settings = {"model.hidden_features": 5, "train.max_steps": 30, "model.auto": auto}
+    run = train(stalling(tmp_path / "short", **settings))
+    records = _train_records(run)
+    assert all(r["methods"] == ["sequential"] for r in records)
+    assert not any(r["during_background_compile"] for r in records)
+    deferred = [r for r in run.records if r["kind"] == "method"]
+    assert [r["decision"] for r in deferred] == ["deferred"], deferred
+    # Judged after the first evaluation (step 4), whose compile comes first.
+    assert deferred[0]["step"] == 5 and "the run has left" in deferred[0]["reason"]
 
 
 def test_resume_keeps_the_selectors_decisions(tmp_path):

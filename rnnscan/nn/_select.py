@@ -18,6 +18,12 @@ each ``method="auto"`` layer on whichever is faster *now*, from measurements onl
    than ``drift`` (relative) over what they were when it was last confirmed.
 4. A parallel layer whose solves **fall back** to the sequential scan in ``fallback_steps``
    of the last ``window`` steps is switched to sequential at once: a fallback runs both.
+5. A probe that turns layers **parallel** has to compile a program that contains the
+   current one and the parallel solves besides. When even the current program's compile
+   time is more than ``probe_budget`` of the time the run has left, the probe cannot pay for
+   itself and the round is deferred (:meth:`MethodSelector.defer_unaffordable`): a short
+   run stays on what it started with instead of sharing the machine with a compile whose
+   result it would barely use.
 
 Every probe runs a real training step (the methods agree to the solver tolerance), so the
 search costs the difference in step time while it runs, plus one compilation per
@@ -92,8 +98,9 @@ class Decision:
         step: the training step after which it was taken.
         layer: the layer's index.
         kind: ``"probe"`` (the layer is flipped to be timed), ``"kept"`` (the probe was
-            faster: the layer stays flipped), ``"reverted"`` (it was not: flipped back) or
-            ``"fallback"`` (a parallel layer that kept falling back, switched to sequential).
+            faster: the layer stays flipped), ``"reverted"`` (it was not: flipped back),
+            ``"fallback"`` (a parallel layer that kept falling back, switched to sequential)
+            or ``"deferred"`` (the probe was not run: its compile could not pay for itself).
             ``"kept"`` and ``"fallback"`` change the layer's method for good.
         parallel: the method the layer runs from the next step: ``True`` for the parallel one.
         changed: whether that differs from the method of this step (apply it with
@@ -167,6 +174,8 @@ class MethodSelector:
         alike: layers probed together whose parallel iterations differ by more than this
             ratio are probed again one by one, if the verdict was close: the group's step
             time within a factor ``split_within`` of the current one.
+        probe_budget: the largest fraction of the run's remaining time that compiling a probe
+            toward parallel may cost (see :meth:`defer_unaffordable`).
     """
 
     def __init__(
@@ -184,6 +193,7 @@ class MethodSelector:
         decisive: float = 2.0,
         alike: float = 1.5,
         split_within: float = 1.25,
+        probe_budget: float = 0.1,
     ):
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
@@ -203,6 +213,8 @@ class MethodSelector:
                 f"need decisive > 1, alike >= 1 and split_within >= 1, got {decisive}, "
                 f"{alike} and {split_within}"
             )
+        if probe_budget <= 0:
+            raise ValueError(f"probe_budget must be > 0, got {probe_budget}")
         if not 1 <= fallback_steps <= window:
             raise ValueError(
                 f"fallback_steps must be in [1, window={window}], got {fallback_steps}"
@@ -226,6 +238,7 @@ class MethodSelector:
         self.decisive = decisive
         self.alike = alike
         self.split_within = split_within
+        self.probe_budget = probe_budget
         # The state (all of it goes through state_dict).
         self._parallel = flags
         self._phase = "measure"  # "measure" | "probe" | "hold"
@@ -334,6 +347,38 @@ class MethodSelector:
             self._baseline_iterations = mean_iterations
             return self._next_probe(step)
         return self._finish_probe(step, measured, mean_iterations, decisive)
+
+    def defer_unaffordable(
+        self, step: int, *, remaining_seconds: float, compile_seconds: float
+    ) -> list[Decision]:
+        """Defer this round's probes when the next one turns a layer parallel and its
+        program's compile cannot pay: ``compile_seconds`` (a lower bound, e.g. the compile
+        time of the current program, which the probe's program contains) is more than
+        ``probe_budget`` times the ``remaining_seconds`` of the run. The round ends as one
+        that changed nothing (the re-check interval doubles); returns a ``"deferred"``
+        decision per layer that was to be probed, or nothing."""
+        upcoming = self.upcoming
+        if upcoming is None or not any(u and not p for u, p in zip(upcoming, self._parallel)):
+            return []
+        if compile_seconds <= self.probe_budget * remaining_seconds:
+            return []
+        layers = sorted({layer for group in self._queue for layer in group})
+        self._queue = []
+        self._times, self._iterations = [], []
+        self._end_round(step)
+        return [
+            Decision(
+                step,
+                layer,
+                "deferred",
+                self._parallel[layer],
+                False,
+                f"not timing {self._name(not self._parallel[layer])}: compiling it takes more "
+                f"than {compile_seconds:.3g} s, over {self.probe_budget:.0%} of the "
+                f"{remaining_seconds:.3g} s the run has left",
+            )
+            for layer in layers
+        ]
 
     def _decisive(self) -> bool:
         """A probe whose steps are all more than ``decisive`` times faster or slower than the

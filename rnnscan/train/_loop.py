@@ -46,7 +46,7 @@ from ._data import batch_arrays, describe, load_dataset
 from ._devices import device_layout
 from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
 from ._plot import method_letters, plot_curves
-from ._precompile import BackgroundCompiler, abstract
+from ._precompile import BackgroundCompiler, StepTimings, abstract
 from ._steps import TrainState, build_model, compiled_steps, count_params
 
 __all__ = ["CrossValidationResult", "TrainResult", "cross_validate", "train"]
@@ -373,6 +373,7 @@ class _Run:
         )
         self.selector = _selector(config.model, len(auto_layers(model)))
         self.compiler = BackgroundCompiler()
+        self._step_timings = StepTimings()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
         steps = compiled_steps(graphdef, config.optim, self.total_steps, self.dtype)
@@ -466,6 +467,7 @@ class _Run:
                 step_time = time.perf_counter() - started
                 first_step = variant not in compiled and not ahead
                 compiled.add(variant)
+                self._step_timings.add(step_time, compiled=first_step, shared=shared)
                 progress.step += 1
                 progress.position += 1
                 count = float(out["count"])
@@ -493,7 +495,7 @@ class _Run:
                     state, record, out, arrays[0].shape, progress, log, compiled
                 )
                 if not (ds.y_val.shape[0] and not evaluated and self._first_eval_soon()):
-                    self._compile_upcoming(state, args, arrays[0].shape, compiled)
+                    self._compile_upcoming(state, args, arrays[0].shape, compiled, progress, log)
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{record['loss']:.3f}",
@@ -587,20 +589,24 @@ class _Run:
             or record["during_background_compile"]
             or self._upcoming_variant(batch_shape, compiled, waiting_only=True) is not None,
         )
+        self._log_decisions(decisions, log)
+        if decisions:  # a probe that is kept changes no flag but settles the assignment
+            self._use_assignment(state)
+        return state
+
+    def _log_decisions(self, decisions, log) -> None:
         for decision in decisions:
             name = _name(self.selector, decision)
             self._emit(
                 log,
                 {**decision.to_dict(), "kind": "method", "decision": decision.kind, "method": name},
             )
-            if decision.kind in ("kept", "fallback"):
+            if decision.kind in ("kept", "fallback", "deferred"):
+                verb = "stays on" if decision.kind == "deferred" else "now runs"
                 self._say(
-                    f"  step {decision.step}: block {decision.layer} now runs {name}: "
+                    f"  step {decision.step}: block {decision.layer} {verb} {name}: "
                     f"{decision.reason}"
                 )
-        if decisions:  # a probe that is kept changes no flag but settles the assignment
-            self._use_assignment(state)
-        return state
 
     def _train_step(self, variant, state, args):
         """One training step: by the executable compiled ahead for this assignment and batch
@@ -623,11 +629,24 @@ class _Run:
             self.selector.recheck_every
         )
 
-    def _compile_upcoming(self, state, args, batch_shape, compiled) -> None:
+    def _compile_upcoming(self, state, args, batch_shape, compiled, progress, log) -> None:
         """Start compiling the train step of the selector's next probe on the worker thread,
-        unless it is compiled already."""
+        unless it is compiled already or the run is too short for it to pay (then the
+        selector defers the probe, once a plain step has been timed to judge by)."""
         variant = self._upcoming_variant(batch_shape, compiled)
         if variant is not None and not self.compiler.submitted(variant):
+            estimate = self._step_timings.estimate()
+            if estimate is None:
+                return
+            step_seconds, compile_seconds = estimate
+            decisions = self.selector.defer_unaffordable(
+                progress.step,
+                remaining_seconds=step_seconds * (self.total_steps - progress.step),
+                compile_seconds=compile_seconds,
+            )
+            if decisions:
+                self._log_decisions(decisions, log)
+                return
             _, steps = self._steps_for(state, self.selector.upcoming)
             self.compiler.submit(variant, steps.train_step, *abstract((state, *args)))
 

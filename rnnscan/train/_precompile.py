@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
+import numpy as np
 
 
 def abstract(tree: Any) -> Any:
@@ -76,3 +77,31 @@ class BackgroundCompiler:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class StepTimings:
+    """What the loop knows of its own speed, to judge whether a probe's compile can pay:
+    the median of the last ``keep`` plain steps (no compile, no background compile beside
+    them), and the compile time of the cheapest program compiled in the loop so far (its
+    first step's time less that median)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self._plain: list[float] = []
+        self._first: list[float] = []
+
+    def add(self, seconds: float, *, compiled: bool, shared: bool) -> None:
+        """One step's wall time; ``compiled``: it compiled its program, ``shared``: a
+        background compile ran beside it."""
+        if compiled:
+            self._first.append(seconds)
+        elif not shared:
+            self._plain = [*self._plain, seconds][-self.keep :]
+
+    def estimate(self) -> tuple[float, float] | None:
+        """``(seconds per step, seconds of the cheapest compile)``, or ``None`` before a
+        compiled step and a plain one have been timed."""
+        if not self._first or not self._plain:
+            return None
+        step = float(np.median(self._plain))
+        return step, max(min(self._first) - step, 0.0)
