@@ -22,6 +22,14 @@ CELLS = {
     "second_order": (rn.SecondOrderCell, {}),
     "mirnn": (rn.MIRNNCell, {}),
     "cp_rnn": (rn.CPRNNCell, {"rank": 3}),
+    "brc": (rn.BRCCell, {}),
+    "nbrc": (rn.NBRCCell, {}),
+    "col_ei": (rn.ColEICell, {}),
+    "dann": (rn.DANNCell, {}),
+    "cfc": (rn.CfCCell, {"rank": 2, "sparsity": 0.5, "backbone_features": 8}),
+    # Away from the neutral warp, which is the plain LSTM / GRU exactly.
+    "time_warp_lstm": (rn.TimeWarpLSTMCell, {"warp": 2.0}),
+    "time_warp_gru": (rn.TimeWarpGRUCell, {"warp": 0.5}),
 }
 CELL_NAMES = sorted(CELLS)
 CARRY_LINEAR = sorted(name for name, (cls, _) in CELLS.items() if cls.carry_linear)

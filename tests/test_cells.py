@@ -395,6 +395,17 @@ PARAM_COUNTS = {
     "rglru": lambda n, d, R: 2 * (n**2 + n) + n,
     "diag_gru": lambda n, d, R: 3 * n * d + 7 * n,
     "diag_lstm": lambda n, d, R: 4 * n * d + 8 * n,
+    "brc": lambda n, d, R: 3 * n * d + 4 * n,  # Vecoven et al. 2021
+    "nbrc": lambda n, d, R: 3 * n * d + 2 * n**2 + 2 * n,
+    # The default backbone (one layer of m = 128) and four heads (Hasani et al. 2022; ncps).
+    "col_ei": lambda n, d, R: n * d + n**2 + n,  # Li et al. 2023
+    # n_I = max(1, round(n / 10)) recurrent and input interneurons (Cornford et al. 2021).
+    "dann": lambda n, d, R: (
+        n**2 + 2 * n * max(1, round(n / 10)) + n * d + (n + d) * max(1, round(n / 10)) + n
+    ),
+    "cfc": lambda n, d, R: 128 * (d + n + 1) + 4 * n * 129,
+    "time_warp_lstm": lambda n, d, R: 4 * (n * d + n**2 + n) + n,  # + one warp per unit
+    "time_warp_gru": lambda n, d, R: 3 * (n * d + n**2 + n) + 2 * n,
 }
 
 

@@ -19,15 +19,28 @@ MinGRUCell         diagonal, affine                            one linear scan
 MinLSTMCell        diagonal, affine                            one linear scan
 RGLRUCell          diagonal, affine                            one linear scan
 LRUCell            2x2 block per unit (Re h_j, Im h_j), affine one linear scan
+BRCCell            diagonal                                    Newton, O(T n)
+NBRCCell           dense                                       Newton
+ColEICell          dense                                       Newton
+DANNCell           dense                                       Newton
+CfCCell            dense                                       Newton
+TimeWarpLSTMCell   dense                                       Newton
+TimeWarpGRUCell    dense                                       Newton
 =================  ==========================================  =======================
 """
 
 from ._auto import Auto as Auto
 from ._base import Cell as Cell
+from ._bistable import BRCCell as BRCCell
+from ._bistable import NBRCCell as NBRCCell
+from ._cfc import CfCCell as CfCCell
+from ._cfc import SparsityMask as SparsityMask
 from ._classifier import CELLS as CELLS
 from ._classifier import MLP as MLP
 from ._classifier import ResidualBlock as ResidualBlock
 from ._classifier import SequenceClassifier as SequenceClassifier
+from ._dale import ColEICell as ColEICell
+from ._dale import DANNCell as DANNCell
 from ._diagonal import DiagGRUCell as DiagGRUCell
 from ._diagonal import DiagLSTMCell as DiagLSTMCell
 from ._gru import GRUCell as GRUCell
@@ -48,3 +61,7 @@ from ._select import MethodSelector as MethodSelector
 from ._select import auto_layers as auto_layers
 from ._select import get_methods as get_methods
 from ._select import set_methods as set_methods
+from ._warp import TimeWarpGRUCell as TimeWarpGRUCell
+from ._warp import TimeWarpLSTMCell as TimeWarpLSTMCell
+from ._warp import WarpParam as WarpParam
+from ._warp import retime as retime

@@ -13,12 +13,16 @@ from flax.typing import Dtype
 
 from .._methods import Method
 from ._auto import Auto
+from ._bistable import BRCCell, NBRCCell
+from ._cfc import CfCCell
+from ._dale import ColEICell, DANNCell
 from ._diagonal import DiagGRUCell, DiagLSTMCell
 from ._gru import GRUCell
 from ._layers import RNN, SolverStats
 from ._linear_gated import LRUCell, MinGRUCell, MinLSTMCell, RGLRUCell
 from ._lstm import LSTMCell
 from ._second_order import CPRNNCell, MIRNNCell, SecondOrderCell
+from ._warp import TimeWarpGRUCell, TimeWarpLSTMCell
 
 CellFactory = Callable[..., nnx.RNNCellBase]
 
@@ -34,6 +38,13 @@ CELLS: dict[str, type[nnx.RNNCellBase]] = {
     "cp_rnn": CPRNNCell,
     "mirnn": MIRNNCell,
     "second_order": SecondOrderCell,
+    "brc": BRCCell,
+    "nbrc": NBRCCell,
+    "cfc": CfCCell,
+    "col_ei": ColEICell,
+    "dann": DANNCell,
+    "time_warp_lstm": TimeWarpLSTMCell,
+    "time_warp_gru": TimeWarpGRUCell,
 }
 """The cells :class:`SequenceClassifier` knows by name."""
 
