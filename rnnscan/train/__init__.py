@@ -39,6 +39,12 @@ from ._loop import cross_validate as cross_validate
 from ._loop import train as train
 from ._metrics import read_metrics as read_metrics
 from ._plot import plot_curves as plot_curves
+from ._warmup import WarmupResult as WarmupResult
+from ._warmup import attractor_stats as attractor_stats
+from ._warmup import count_attractors as count_attractors
+from ._warmup import soft_vaa as soft_vaa
+from ._warmup import vaa as vaa
+from ._warmup import warmup as warmup
 
 __all__ = [
     "CheckpointConfig",
@@ -50,7 +56,10 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainResult",
+    "WarmupResult",
     "apply_overrides",
+    "attractor_stats",
+    "count_attractors",
     "cross_validate",
     "cv_split",
     "epoch_order",
@@ -58,6 +67,9 @@ __all__ = [
     "load_dataset",
     "plot_curves",
     "read_metrics",
+    "soft_vaa",
     "stratified_folds",
     "train",
+    "vaa",
+    "warmup",
 ]

@@ -214,6 +214,12 @@ class LoopConfig:
             (sequence parallelism): the devices form a ``(devices / sequence_devices) x
             sequence_devices`` mesh with axes ``("data", "time")``. 1: data parallelism
             only.
+        warmup: warm up the model's recurrent layers before training, maximising their
+            reachable multistability (Lambrechts et al., 2023; :func:`rnnscan.train._warmup
+            .warmup`): ``{steps: N, lr: ..., batch_size: ..., drive_steps: ...,
+            settle_steps: ..., settle_increment: ..., settle_input: zero | constant,
+            epsilon: ..., target: ..., method: ...}``; ``steps`` is required. Empty (the
+            default): no warm-up. Seeded by ``seed``.
     """
 
     seed: int = 0
@@ -227,6 +233,7 @@ class LoopConfig:
     progress: bool = True
     devices: int | None = None
     sequence_devices: int = 1
+    warmup: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -355,6 +362,7 @@ class TrainConfig:
         for key in ("max_steps", "eval_every", "patience", "devices"):
             value = getattr(t, key)
             _check(value is None or value >= 1, f"train.{key}", "a positive int or null", value)
+        _check_warmup(t.warmup)
         _check(c.every_steps >= 1, "checkpoint.every_steps", "a positive int", c.every_steps)
         _check(c.max_to_keep >= 1, "checkpoint.max_to_keep", "a positive int", c.max_to_keep)
 
@@ -385,6 +393,23 @@ def _check_auto(auto: Mapping[str, Any]) -> None:
         MethodSelector(1, **{k: v for k, v in auto.items() if k in selector_keys})
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model.auto: {error}.") from None
+
+
+def _check_warmup(options: Mapping[str, Any]) -> None:
+    """``train.warmup``: known keys, ``steps`` present, values :func:`warmup` accepts."""
+    if not options:
+        return
+    from ._warmup import WARMUP_OPTIONS, check_warmup_options
+
+    for key in options:
+        if key not in WARMUP_OPTIONS:
+            raise ConfigError(_unknown_message(f"train.warmup.{key}", key, WARMUP_OPTIONS))
+    if "steps" not in options:
+        raise ConfigError("train.warmup.steps: required when train.warmup is set.")
+    try:
+        check_warmup_options(**options)
+    except ValueError as error:
+        raise ConfigError(f"train.warmup.{error}.") from None
 
 
 def _check(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -468,6 +493,7 @@ _OPAQUE_KEYS = (
     "data.synthetic",
     "model.cell_kwargs",
     "model.auto",
+    "train.warmup",
 )  # dict-valued fields, set whole
 
 

@@ -48,6 +48,7 @@ from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
 from ._plot import method_letters, plot_curves
 from ._precompile import BackgroundCompiler, StepTimings, abstract
 from ._steps import TrainState, build_model, compiled_steps, count_params
+from ._warmup import warmup_record
 
 __all__ = ["CrossValidationResult", "TrainResult", "cross_validate", "train"]
 
@@ -371,6 +372,9 @@ class _Run:
         model = build_model(
             config.model, ds.num_channels, ds.num_classes, t.seed, **self.layout.model_kwargs()
         )
+        # train.warmup: pre-train the recurrent layers for multistability (a resumed run
+        # restores its checkpointed parameters over the warmed-up ones below).
+        warmed = warmup_record(model, t.warmup, t.seed, self.verbose) if t.warmup else None
         self.selector = _selector(config.model, len(auto_layers(model)))
         self.compiler = BackgroundCompiler()
         self._step_timings = StepTimings()
@@ -400,6 +404,8 @@ class _Run:
                     self.selector.load_state_dict(progress.selector)
                     self._use_assignment(state)
         log = MetricsLog(self.out_dir / "metrics.jsonl", keep_until_step=resumed_from)
+        if warmed is not None and resumed_from is None:
+            self._emit(log, warmed)
 
         env = environment()
         self._say(
