@@ -156,7 +156,7 @@ def _pack(container, leaves):
 
 
 @settings(
-    max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 @given(_problems())
 def test_random_pytrees_match_lax_scan(problem):
