@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from tqdm import tqdm
 
@@ -47,7 +46,7 @@ import rnnscan.nn as rn
 from rnnscan.diagnostics._spectrum import svd_entropy
 from rnnscan.nn._dale import ColEICell, DANNCell, _col_ei_init, _dann_init
 
-from . import _provenance
+from . import _experiment, _provenance
 
 DEFAULTS: dict[str, Any] = {
     "name": "dale",
@@ -81,27 +80,7 @@ ACTIVATIONS = {"relu": nnx.relu, "tanh": nnx.tanh}
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = json.loads(json.dumps(DEFAULTS))
-    if path is not None:
-        with open(path) as file:
-            loaded = yaml.safe_load(file) or {}
-        unknown = set(loaded) - set(DEFAULTS) - {"description"}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        for key, value in loaded.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key].update(value)
-            else:
-                config[key] = value
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"--set expects key=value, got {override!r}")
-        key, text = override.split("=", 1)
-        *parents, last = key.split(".")
-        target = config
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = yaml.safe_load(text)
+    config = _experiment.load_config(DEFAULTS, path, overrides)
     if config["activation"] not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}: {config['activation']}")
     return config

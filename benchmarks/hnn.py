@@ -33,12 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from tqdm import tqdm
 
 import rnnscan
 
-from . import _provenance
+from . import _experiment, _provenance
 
 DEFAULTS: dict[str, Any] = {
     "name": "hnn",
@@ -60,27 +59,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = json.loads(json.dumps(DEFAULTS))
-    if path is not None:
-        with open(path) as file:
-            loaded = yaml.safe_load(file) or {}
-        unknown = set(loaded) - set(DEFAULTS) - {"description"}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        for key, value in loaded.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key].update(value)
-            else:
-                config[key] = value
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"--set expects key=value, got {override!r}")
-        key, text = override.split("=", 1)
-        *parents, last = key.split(".")
-        target = config
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = yaml.safe_load(text)
+    config = _experiment.load_config(DEFAULTS, path, overrides)
     return config
 
 

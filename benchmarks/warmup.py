@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from tqdm import tqdm
 
@@ -37,7 +36,7 @@ from rnnscan.data import make_synthetic_series
 from rnnscan.nn._bistable import BRCCell, NBRCCell
 from rnnscan.train._warmup import attractor_stats, warmup
 
-from . import _provenance
+from . import _experiment, _provenance
 
 FACTORIES = {"gru": rn.GRUCell, "brc": BRCCell, "nbrc": NBRCCell}
 
@@ -64,27 +63,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = json.loads(json.dumps(DEFAULTS))
-    if path is not None:
-        with open(path) as file:
-            loaded = yaml.safe_load(file) or {}
-        unknown = set(loaded) - set(DEFAULTS) - {"description"}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        for key, value in loaded.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key].update(value)
-            else:
-                config[key] = value
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"--set expects key=value, got {override!r}")
-        key, text = override.split("=", 1)
-        *parents, last = key.split(".")
-        target = config
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = yaml.safe_load(text)
+    config = _experiment.load_config(DEFAULTS, path, overrides)
     unknown_cells = set(config["cells"]) - set(FACTORIES)
     if unknown_cells:
         raise ValueError(f"cells: unknown {sorted(unknown_cells)}; known: {sorted(FACTORIES)}")
