@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
 
@@ -34,3 +35,12 @@ def load_config(defaults: dict[str, Any], path: str | None, overrides: list[str]
             target = target.setdefault(part, {})
         target[last] = yaml.safe_load(text)
     return config
+
+
+def parse_args(prog: str, description: str | None, argv=None) -> argparse.Namespace:
+    """``--config FILE``, ``--out PREFIX`` and repeated ``--set key=value``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser.parse_args(argv)

@@ -23,7 +23,6 @@ figure (``figure:`` in the config).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -280,11 +279,7 @@ def plot(config, runs, test_inputs, test_targets, tau, predictions, path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cfc", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = _experiment.parse_args("python -m benchmarks.cfc", __doc__, argv)
     config = load_config(args.config, args.set)
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)

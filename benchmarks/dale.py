@@ -28,7 +28,6 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the tables)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -460,11 +459,7 @@ def plot(config, entropy_rows, runs, path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dale", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = _experiment.parse_args("python -m benchmarks.dale", __doc__, argv)
     config = load_config(args.config, args.set)
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)

@@ -23,7 +23,6 @@ times and a learned trajectory).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -244,11 +243,7 @@ def plot(config, runs, ts, observed, params_by_method, path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hnn", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = _experiment.parse_args("python -m benchmarks.hnn", __doc__, argv)
     config = load_config(args.config, args.set)
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)

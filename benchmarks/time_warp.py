@@ -31,7 +31,6 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the table) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -405,11 +404,7 @@ def _rounded(value, digits: int = 4):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.time_warp", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = _experiment.parse_args("python -m benchmarks.time_warp", __doc__, argv)
     config = load_config(args.config, args.set)
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)

@@ -17,7 +17,6 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the table) 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import time
@@ -200,11 +199,7 @@ def plot(config, runs, path):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.warmup", description=__doc__)
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default=None, help="output prefix (PREFIX.json, PREFIX.md)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = _experiment.parse_args("python -m benchmarks.warmup", __doc__, argv)
     config = load_config(args.config, args.set)
     out = args.out or config["out"] or f"benchmarks/results/warmup-{config['name']}"
     started = time.perf_counter()
