@@ -11,6 +11,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
+from ._growth import declared_structure, largest_exponent
 from ._methods import Method, Sequential, as_method
 from ._solution import RESULTS, Solution
 from ._solve import ON_FAILURE, solve_carries
@@ -54,6 +55,7 @@ def solve(
     on_failure: Literal["fallback", "raise", "return"] = "fallback",
     guess: Carry | None = None,
     axis_name: Any = None,
+    diagnostics: bool = False,
 ) -> Solution:
     r"""Evaluate the recurrence of ``jax.lax.scan(f, init, xs, length, reverse)`` by solving
     for all carries at once, and report how the solve went.
@@ -130,6 +132,11 @@ def solve(
             the solution of the previous training step; not differentiated through.
         axis_name: the name of a mesh axis that splits the time axis, for calls inside
             ``jax.shard_map`` (like the ``axis_name`` of ``jax.lax.psum``); see below.
+        diagnostics: also estimate the largest Lyapunov exponent along the returned carries
+            (``Solution.lyapunov``), from the carry Jacobians at every step in the method's
+            declared structure (or ``f.jacobian_structure``, else dense) and one parallel
+            reduction of their product: about the cost of one more Newton iteration. Not
+            available with ``axis_name``.
 
     Returns:
         A :class:`rnnscan.Solution` with the carries, outputs and statistics.
@@ -165,7 +172,15 @@ def solve(
     carry_dtype(init)
     init = jax.tree_util.tree_map(jnp.asarray, init)
     check_step_function(f, init, xs)
+    if not isinstance(diagnostics, bool):
+        raise TypeError(f"diagnostics must be a bool, got {diagnostics!r}")
     if axis_name is not None:
+        if diagnostics:
+            raise ValueError(
+                "diagnostics=True is not available for a time split across devices "
+                f"(axis_name={axis_name!r}): solve the sequence on one device to estimate "
+                "its Lyapunov exponent"
+            )
         return _split_solution(f, init, xs, T, reverse, method, on_failure, guess, axis_name)
     if reverse:
         xs = _flip(xs)
@@ -175,6 +190,10 @@ def solve(
         sol = _sequential_solution(f, init, xs, T, unroll)
     else:
         sol = _parallel_solution(f, init, xs, T, method, on_failure, guess)
+    if diagnostics:
+        structure = getattr(method, "jacobian", None) or declared_structure(f)
+        lyapunov = largest_exponent(f, init, xs, sol.carries, structure)
+        sol = dataclasses.replace(sol, lyapunov=lyapunov)
 
     if reverse:
         sol = dataclasses.replace(sol, carries=_flip(sol.carries), ys=_flip(sol.ys))

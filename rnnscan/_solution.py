@@ -72,6 +72,9 @@ class Solution(Outcome):
         result: an ``RESULTS`` code for the *parallel* solve.
         fell_back: whether the returned values come from the sequential fallback (taken when
             the parallel solve failed and ``on_failure="fallback"``).
+        lyapunov: with ``solve(..., diagnostics=True)``, the finite-time largest Lyapunov
+            exponent (1/T) log ||J_T ... J_1||_2 of the returned carries (natural log per
+            step; < 0 predictable, >= 0 chaotic: see ``rnnscan.diagnostics``); else ``None``.
 
     Under ``jax.vmap`` every field gains the batch axis: each sequence has its own count and
     code. ``converged`` and ``ok`` are conveniences.
@@ -84,3 +87,4 @@ class Solution(Outcome):
     residual: Float[Array, ""]
     result: Int[Array, ""]
     fell_back: Bool[Array, ""]
+    lyapunov: Float[Array, ""] | None = None

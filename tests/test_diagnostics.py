@@ -301,3 +301,82 @@ def test_parallelizability_vmap_and_prefix():
     np.testing.assert_allclose(reps.lyapunov[1], one.lyapunov, rtol=1e-10)
     prefix = parallelizability(f, init, xs[1], max_length=16)
     assert prefix.growth.shape == (5,) and prefix.length == 64
+
+
+# --- the estimate a solve reports (solve(..., diagnostics=True)) ---------------------------
+
+
+def _product_exponent(J):
+    """(1/T) log ||J_T ... J_1||_2 in numpy, renormalising as it goes."""
+    P, log_scale = np.eye(J.shape[-1]), 0.0
+    for Jt in J:
+        P = Jt @ P
+        scale = np.abs(P).max()
+        P, log_scale = P / scale, log_scale + np.log(scale)
+    return (log_scale + np.log(np.linalg.norm(P, 2))) / len(J)
+
+
+@pytest.mark.parametrize("method", ["newton", "quasi_newton", "sequential"])
+def test_solve_reports_the_finite_time_exponent(method):
+    # T = 77 is no power of two: the reduction tree carries unpaired products up a level.
+    f, init = _tanh_rnn(4, 1.6)
+    xs = _normal(9, (77, 2))
+    sol = solve(f, init, xs, method=method, diagnostics=True)
+    assert sol.converged and sol.lyapunov.shape == ()
+    np.testing.assert_allclose(sol.lyapunov, _product_exponent(f.jacobians(xs)), atol=1e-8)
+    # ... close to the QR estimate over a long sequence, and absent unless asked for.
+    xs = _normal(10, (1000, 2))
+    lle = solve(f, init, xs, method=method, diagnostics=True).lyapunov
+    _close(lle, reference_exponents(f, init, xs, 1)[0])
+    assert solve(f, init, xs[:77], method=method).lyapunov is None
+
+
+def test_solve_diagnostics_structures_vmap_reverse_float32():
+    # Rotation x scaling in BlockDiagonal(2) and a diagonal recurrence declared on f:
+    # closed forms log max rho and log max |a| (constant Jacobians, exact up to rounding).
+    rho, theta = np.array([0.95, 0.5, 0.8]), np.array([0.3, 1.1, 2.0])
+
+    def rotating(carry, x):
+        u, v = carry
+        c, s = jnp.cos(theta), jnp.sin(theta)
+        u, v = rho * (c * u - s * v) + x, rho * (s * u + c * v)
+        return (u, v), u
+
+    xs = _inputs(50, 3)
+    method = rnnscan.Newton(jacobian=rnnscan.BlockDiagonal(2))
+    sol = solve(rotating, (np.ones(3), np.zeros(3)), xs, method=method, diagnostics=True)
+    np.testing.assert_allclose(sol.lyapunov, np.log(0.95), atol=1e-6)
+
+    a = np.array([0.5, -0.8, 0.3], np.float32)
+
+    def diagonal(h, x):
+        h = a * h + x
+        return h, h
+
+    diagonal.jacobian_structure = rnnscan.Diagonal()  # what "sequential" reads
+    xs32 = _inputs(4 * 60, 3).astype(np.float32).reshape(4, 60, 3)
+    batched = jax.vmap(
+        lambda xs: (
+            rnnscan.solve(
+                diagonal,
+                np.zeros(3, np.float32),
+                xs,
+                method="sequential",
+                diagnostics=True,
+                reverse=True,
+            ).lyapunov
+        )
+    )(xs32)
+    assert batched.shape == (4,) and batched.dtype == jnp.float32
+    np.testing.assert_allclose(batched, np.log(0.8), rtol=1e-5)
+
+
+def test_solve_diagnostics_bad_input():
+    f, init = _tanh_rnn(3, 1.0)
+    xs = np.zeros((10, 2))
+    with pytest.raises(TypeError, match="diagnostics must be a bool"):
+        rnnscan.solve(f, init, xs, diagnostics="yes")
+    with pytest.raises(ValueError, match="diagnostics=True is not available.*axis_name"):
+        rnnscan.solve(f, init, xs, axis_name="time", diagnostics=True)
+    empty = rnnscan.solve(f, init, np.zeros((0, 2)), diagnostics=True)
+    assert np.isnan(empty.lyapunov)  # undefined over no steps

@@ -251,6 +251,32 @@ def test_stats_shapes_and_sow():
     tree_allclose(sown, stats, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["gru", "diag_lstm"])
+def test_diagnostics_give_each_sequence_its_exponent(name):
+    """RNN(diagnostics=True) on a padded batch: each sequence's Lyapunov estimate is that of
+    rnnscan.solve on the sequence alone (its valid steps only), whichever method runs."""
+    cell = make_cell(name, D, N, jnp.float64)
+    xs = normal(3, (3, T, cell.in_features))
+    seq_lengths = [T, 7, 1]
+    init = random_like(4, cell.initialize_carry((3, cell.in_features)))
+    for method in ("newton", "sequential"):
+        _, stats = _apply(
+            rn.RNN(cell, method=method),
+            xs,
+            initial_carry=init,
+            seq_lengths=jnp.array(seq_lengths),
+            return_stats=True,
+            diagnostics=True,
+        )
+        assert stats.lyapunov.shape == (3,)
+        for b, length in enumerate(seq_lengths):
+            alone = rnnscan.solve(
+                cell, _sequence(init, b), xs[b, :length], method="sequential", diagnostics=True
+            )
+            np.testing.assert_allclose(stats.lyapunov[b], alone.lyapunov, rtol=1e-9)
+    assert _apply(rn.RNN(cell), xs, return_stats=True)[1].lyapunov is None
+
+
 def test_unconverged_solve_falls_back_or_reports():
     cell = rn.GRUCell(D, N, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     xs = normal(1, (2, T, D))

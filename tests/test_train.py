@@ -356,6 +356,27 @@ def test_solvers_give_the_same_training_trajectory(tmp_path, methods):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-7, atol=1e-9)
 
 
+def test_evaluations_log_each_blocks_lyapunov_exponent(tmp_path):
+    config = tiny(
+        tmp_path / "run",
+        **{
+            "model.num_blocks": 2,
+            "train.max_steps": 2,
+            "train.lyapunov": True,
+            "checkpoint.enabled": False,
+        },
+    )
+    run = train(config)
+    evals = [r for r in run.records if r["kind"] == "eval"]
+    assert evals
+    for record in evals:
+        exponents = record["lyapunov_per_block"]
+        assert len(exponents) == 2
+        assert all(-10 < value < 0 for value in exponents)  # GRUs at init contract
+    with pytest.raises(ConfigError, match="train.lyapunov"):
+        config.replace({"train.sequence_devices": 2})
+
+
 def test_cross_validation_tests_every_series_once(tmp_path):
     config = tiny(
         tmp_path / "cv", **{"data.cv_folds": 3, "train.max_steps": 1, "checkpoint.enabled": False}

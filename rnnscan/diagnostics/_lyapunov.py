@@ -25,7 +25,8 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
-from .._structure import BlockDiagonal, Dense, Diagonal, Structure, as_structure
+from .._growth import declared_structure, dyadic_products, spectral_log_norm
+from .._structure import BlockDiagonal, Diagonal, Structure
 
 Carry = Any
 PyTree = Any
@@ -48,16 +49,6 @@ class _Trajectory(eqx.Module):
     length: int = eqx.field(static=True)
     jacobians: jax.Array  # (T, n, n) / (T, n) / (T, n // b, b, b)
     finite: jax.Array  # () bool: carries and Jacobians all finite
-
-
-def resolve_structure(f, jacobian) -> Structure:
-    """The Jacobian structure: ``jacobian`` if given, else the one ``f`` declares as its
-    ``jacobian_structure`` attribute (every rnnscan.nn cell does), else ``Dense()``."""
-    if jacobian is None:
-        jacobian = getattr(f, "jacobian_structure", None)
-        if jacobian is None:
-            return Dense()
-    return as_structure(jacobian)
 
 
 def _check_carries(carries, init, T: int, name: str):
@@ -95,7 +86,7 @@ def trajectory(
     carry_dtype(init)
     init = jax.tree_util.tree_map(jnp.asarray, init)
     check_step_function(f, init, xs)
-    structure = resolve_structure(f, jacobian)
+    structure = declared_structure(f, jacobian)
     c0, flatten, unflatten = make_flattener(init)
     n = c0.shape[0]
     structure.validate(n)
@@ -431,58 +422,15 @@ def _finite_time_exponents(
 # Growth of Jacobian products over dyadic windows (a parallel reduction tree)
 
 
-def _spectral_log_norm(structure: Structure, P: jax.Array, n: int, iterations: int) -> jax.Array:
-    """log ||P||_2 of a batch of (normalised) matrices in ``structure``, by power iteration
-    on P^T P from a fixed start (a lower bound; exact for diagonal)."""
-    tiny = jnp.finfo(P.dtype).tiny
-    if isinstance(structure, Diagonal):
-        return jnp.log(jnp.maximum(jnp.max(jnp.abs(P), axis=-1), tiny))
-    W = P.shape[0]
-    start = 1.0 + 0.1 * jnp.sin(jnp.arange(1, n + 1, dtype=P.dtype))
-    v = jnp.broadcast_to(start, (W, n))
-
-    def normalize(v):
-        return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True)), tiny)
-
-    v = jax.lax.fori_loop(
-        0,
-        iterations,
-        lambda _, v: normalize(structure.matvec(structure.transpose(P), structure.matvec(P, v))),
-        normalize(v),
-    )
-    Pv = structure.matvec(P, v)
-    return jnp.log(jnp.maximum(jnp.sqrt(jnp.sum(Pv * Pv, axis=-1)), tiny))
-
-
 def dyadic_log_norms(traj: _Trajectory, power_iterations: int = 8) -> list[jax.Array]:
     """``[g_0, g_1, ...]``: g_j[i] = log ||J_{(i+1) 2^j} ... J_{i 2^j + 1}||_2 for the aligned
-    windows of 2^j steps (j = 0 .. floor(log2 T)).
-
-    Built as a reduction tree: the products of level j + 1 are products of adjacent pairs of
-    level j (``structure.compose``), every product kept normalised with its log scale
-    apart, so nothing over- or underflows. Work 2 T n^3 for dense Jacobians (as one parallel
-    scan of a Newton iteration), 2 T n for diagonal, depth log2 T."""
+    windows of 2^j steps (j = 0 .. floor(log2 T)), from the reduction tree of
+    ``_growth.dyadic_products``: work 2 T n^3 for dense Jacobians (as one parallel scan of a
+    Newton iteration), 2 T n for diagonal, depth log2 T."""
     structure = traj.structure
-    P = traj.jacobians
-    axes = tuple(range(1, P.ndim))
-    tiny = jnp.finfo(P.dtype).tiny
-
-    def normalize(P):
-        scale = jnp.maximum(jnp.max(jnp.abs(P), axis=axes, keepdims=True), tiny)
-        return P / scale, jnp.log(scale.reshape(P.shape[0]))
-
-    P, s = normalize(P)
-    products, scales = [P], [s]
-    while P.shape[0] >= 2:
-        W = P.shape[0] // 2
-        P = structure.compose(P[1 : 2 * W : 2], P[0 : 2 * W : 2])  # later @ earlier
-        s = s[1 : 2 * W : 2] + s[0 : 2 * W : 2]
-        P, ds = normalize(P)
-        s = s + ds
-        products.append(P)
-        scales.append(s)
+    products, scales = dyadic_products(structure, traj.jacobians)
     # One power iteration over the products of every level at once (fewer than 2 T of them):
     # one program instead of one per level.
-    log_norms = _spectral_log_norm(structure, jnp.concatenate(products), traj.n, power_iterations)
+    log_norms = spectral_log_norm(structure, jnp.concatenate(products), traj.n, power_iterations)
     ends = np.cumsum([level.shape[0] for level in scales])
     return [level + log_norms[end - level.shape[0] : end] for level, end in zip(scales, ends)]

@@ -12,13 +12,13 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._flatten import carry_dtype, sequence_length
+from .._growth import declared_structure
 from .._methods import FixedPoint, Method, Newton, QuasiNewton, as_method
 from .._structure import Diagonal, Structure
 from ._lyapunov import (
     _guard_finite,
     _Trajectory,
     dyadic_log_norms,
-    resolve_structure,
     step_growth,
     trajectory,
 )
@@ -359,7 +359,7 @@ def parallelizability(
         max_length=max_length,
         key=key,
     )
-    structure = resolve_structure(f, jacobian)
+    structure = declared_structure(f, jacobian)
     dtype = carry_dtype(init)
     resolved = method.resolved(dtype, T)
     args = (feat.growth, feat.amplification, feat.log_sensitivity)

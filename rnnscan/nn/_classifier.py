@@ -121,9 +121,11 @@ class ResidualBlock(nnx.Module):
         self.mlp = MLP(width, width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, seq_lengths: jax.Array | None = None
+        self, x: jax.Array, seq_lengths: jax.Array | None = None, *, diagnostics: bool = False
     ) -> tuple[jax.Array, SolverStats]:
-        y, stats = self.rnn(self.rnn_norm(x), seq_lengths=seq_lengths, return_stats=True)
+        y, stats = self.rnn(
+            self.rnn_norm(x), seq_lengths=seq_lengths, return_stats=True, diagnostics=diagnostics
+        )
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return x, stats
@@ -165,7 +167,8 @@ class SequenceClassifier(nnx.Module):
 
     Call with inputs ``(batch, time, in_features)`` (and optionally ``seq_lengths``,
     ``(batch,)``) to get logits ``(batch, num_classes)``; with ``return_stats=True`` also the
-    :class:`SolverStats` of each block's RNN.
+    :class:`SolverStats` of each block's RNN (with ``diagnostics=True``, their ``lyapunov``:
+    each series' largest Lyapunov exponent in that block).
     """
 
     def __init__(
@@ -213,11 +216,12 @@ class SequenceClassifier(nnx.Module):
         seq_lengths: jax.Array | None = None,
         *,
         return_stats: bool = False,
+        diagnostics: bool = False,
     ):
         h = self.encoder(inputs)
         all_stats = []
         for block in self.blocks:
-            h, stats = block(h, seq_lengths)
+            h, stats = block(h, seq_lengths, diagnostics=diagnostics)
             all_stats.append(stats)
         step_logits = self.classifier(h)  # (batch, time, classes)
         if seq_lengths is None:

@@ -57,12 +57,15 @@ class SolverStats(Outcome):
         residual: the size of the last update, max |delta|.
         result: an :class:`rnnscan.RESULTS` code for the parallel solve.
         fell_back: whether the values were recomputed sequentially after a failed solve.
+        lyapunov: with ``diagnostics=True``, each sequence's finite-time largest Lyapunov
+            exponent over its valid steps (see ``rnnscan.Solution.lyapunov``); else ``None``.
     """
 
     iterations: Int[Array, "*batch"]
     residual: Float[Array, "*batch"]
     result: Int[Array, "*batch"]
     fell_back: Bool[Array, "*batch"]
+    lyapunov: Float[Array, "*batch"] | None = None
 
 
 class RNN(nnx.Module):
@@ -176,6 +179,7 @@ class RNN(nnx.Module):
         keep_order: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         return_stats: bool = False,
+        diagnostics: bool = False,
     ):
         """Run the cell over ``inputs``.
 
@@ -188,6 +192,10 @@ class RNN(nnx.Module):
             return_carry, time_major, reverse, keep_order: override the constructor's flags.
             rngs: random stream for ``cell.initialize_carry``.
             return_stats: also return the :class:`SolverStats`.
+            diagnostics: also estimate each sequence's largest Lyapunov exponent
+                (``SolverStats.lyapunov``; ``rnnscan.solve(..., diagnostics=True)``), in the
+                cell's declared Jacobian structure: about one more Newton iteration's work.
+                Not available with a ``mesh``.
 
         Returns:
             ``outputs`` or ``(final_carry, outputs)``; with ``return_stats``, that and the
@@ -197,6 +205,11 @@ class RNN(nnx.Module):
         time_major = self.time_major if time_major is None else time_major
         reverse = self.reverse if reverse is None else reverse
         keep_order = self.keep_order if keep_order is None else keep_order
+        if diagnostics and self.mesh is not None:
+            raise ValueError(
+                "RNN: diagnostics=True is not available with a mesh (the Lyapunov estimate "
+                "runs on one device); call the RNN without mesh to estimate it"
+            )
 
         num_features = self.cell.num_feature_axes
         if inputs.ndim < num_features + 1:
@@ -241,12 +254,23 @@ class RNN(nnx.Module):
             else:
                 step, step_inputs = _masked(cell), (xs, jnp.arange(length) < seq_length)
             sol = solve(
-                step, carry, step_inputs, reverse=reverse, method=method, on_failure=on_failure
+                step,
+                carry,
+                step_inputs,
+                reverse=reverse,
+                method=method,
+                on_failure=on_failure,
+                diagnostics=diagnostics,
             )
             outputs = sol.ys
             if reverse and not keep_order:
                 outputs = _processing_order(outputs, length, seq_length)
-            stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
+            lyapunov = sol.lyapunov
+            if diagnostics and seq_length is not None:
+                # Padded steps keep the carry (identity Jacobians, log-norm 0): the product is
+                # that of the valid steps, so average over those.
+                lyapunov = lyapunov * length / jnp.maximum(seq_length, 1)
+            stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back, lyapunov)
             return sol.final_carry, outputs, stats
 
         def run_batch(method):
@@ -345,6 +369,7 @@ def _masked(cell: Callable) -> Callable:
         y = jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), y)
         return new_carry, y
 
+    step.jacobian_structure = getattr(cell, "jacobian_structure", Dense())
     return step
 
 
@@ -405,9 +430,11 @@ class Bidirectional(nnx.Module):
         time_major: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         return_stats: bool = False,
+        diagnostics: bool = False,
     ):
         """Returns ``outputs`` or ``((forward_carry, backward_carry), outputs)``; with
-        ``return_stats``, that and ``(forward_stats, backward_stats)`` as a pair."""
+        ``return_stats``, that and ``(forward_stats, backward_stats)`` as a pair
+        (``diagnostics``: see :class:`RNN`)."""
         return_carry = self.return_carry if return_carry is None else return_carry
         time_major = self.time_major if time_major is None else time_major
         forward_init, backward_init = (None, None) if initial_carry is None else initial_carry
@@ -417,6 +444,7 @@ class Bidirectional(nnx.Module):
             time_major=time_major,
             rngs=rngs,
             return_stats=True,
+            diagnostics=diagnostics,
         )
         (forward_carry, forward_out), forward_stats = self.forward_rnn(
             inputs, initial_carry=forward_init, reverse=False, **common

@@ -220,6 +220,10 @@ class LoopConfig:
             settle_steps: ..., settle_increment: ..., settle_input: zero | constant,
             epsilon: ..., target: ..., method: ...}``; ``steps`` is required. Empty (the
             default): no warm-up. Seeded by ``seed``.
+        lyapunov: in every evaluation, estimate each block's largest Lyapunov exponent
+            (``lyapunov_per_block`` in the eval records: the mean over the series; < 0
+            predictable, parallel solves cheap; near or above 0, Newton struggles). Costs
+            about one Newton iteration per block and evaluation batch.
     """
 
     seed: int = 0
@@ -234,6 +238,7 @@ class LoopConfig:
     devices: int | None = None
     sequence_devices: int = 1
     warmup: dict[str, Any] = field(default_factory=dict)
+    lyapunov: bool = False
 
 
 @dataclass
@@ -363,6 +368,12 @@ class TrainConfig:
             value = getattr(t, key)
             _check(value is None or value >= 1, f"train.{key}", "a positive int or null", value)
         _check_warmup(t.warmup)
+        _check(
+            not (t.lyapunov and t.sequence_devices > 1),
+            "train.lyapunov",
+            "false with train.sequence_devices > 1 (the estimate runs on one device)",
+            t.lyapunov,
+        )
         _check(c.every_steps >= 1, "checkpoint.every_steps", "a positive int", c.every_steps)
         _check(c.max_to_keep >= 1, "checkpoint.max_to_keep", "a positive int", c.max_to_keep)
 

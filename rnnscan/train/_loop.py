@@ -319,7 +319,12 @@ class _Run:
                 else:
                     totals[key] = totals.get(key, 0) + np.asarray(value)
         count = float(totals["count"])
+        lyapunov = {}
+        if "lyapunov_sum" in totals:
+            per_block = np.asarray(totals["lyapunov_sum"]) / count
+            lyapunov["lyapunov_per_block"] = per_block.round(5).tolist()
         return {
+            **lyapunov,
             "loss": float(totals["loss_sum"]) / count,
             "accuracy": float(totals["correct"]) / count,
             "correct": int(round(float(totals["correct"]))),
@@ -380,7 +385,9 @@ class _Run:
         self._step_timings = StepTimings()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
-        steps = compiled_steps(graphdef, config.optim, self.total_steps, self.dtype)
+        steps = compiled_steps(
+            graphdef, config.optim, self.total_steps, self.dtype, config.train.lyapunov
+        )
         optimizer, schedule = steps.optimizer, steps.schedule
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
         state = self.layout.replicate(TrainState(params, rest, optimizer.init(params)))
@@ -683,7 +690,9 @@ class _Run:
         model = nnx.merge(self.graphdef, state.params, state.rest)
         set_methods(model, parallel)
         graphdef = nnx.split(model, nnx.Param, ...)[0]
-        return graphdef, compiled_steps(graphdef, self.config.optim, self.total_steps, self.dtype)
+        return graphdef, compiled_steps(
+            graphdef, self.config.optim, self.total_steps, self.dtype, self.config.train.lyapunov
+        )
 
     def _update_best(self, progress: _Progress, result: dict, params: Any, best: Any) -> Any:
         acc, loss = result["accuracy"], result["loss"]

@@ -58,7 +58,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     (training batches, smoothed, and validation), solver iterations per training
     step (mean and max over blocks and series), and training step time (steps that
     compiled are left out), coloured by the method of each block (``"NS"``: block 0
-    Newton, block 1 sequential) with a grey line where ``method: auto`` changed one.
+    Newton, block 1 sequential) with a grey line where ``method: auto`` changed one. With
+    ``train.lyapunov`` the iterations panel also shows each block's largest Lyapunov exponent
+    at every validation (right axis).
 
     Without matplotlib (``pip install "rnnscan[plot]"``) nothing is drawn: a note goes to
     stderr and ``None`` is returned, so that a training run still finishes. The figure can
@@ -122,6 +124,23 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
         ylabel="iterations (mean over series)",
         title="parallel solver iterations per block (gaps: sequential)",
     )
+    exponents = [
+        (r["step"], r["lyapunov_per_block"])
+        for r in records
+        if r.get("kind") == "eval" and r.get("split") == "val" and r.get("lyapunov_per_block")
+    ]
+    if exponents:  # train.lyapunov: the estimate that explains the iteration counts
+        ax_lle = ax_it.twinx()
+        for block in range(len(exponents[0][1])):
+            ax_lle.plot(
+                [s for s, _ in exponents],
+                [values[block] for _, values in exponents],
+                "x--",
+                color=f"C{block}",
+                lw=0.8,
+                ms=4,
+            )
+        ax_lle.set_ylabel("largest Lyapunov exponent (x--, validation)")
 
     rows = [r for r in records if r.get("kind") == "train" and not r.get("includes_compile")]
     if rows:

@@ -142,11 +142,11 @@ def count_params(params: Any) -> int:
 # ----------------------------------------------------------------------------- steps
 
 
-def _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths=None):
+def _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths=None, diagnostics=False):
     """Weighted mean cross-entropy, and the per-series numbers the logs need
     (``seq_lengths``: valid steps of each padded series, ``None``: all steps)."""
     model = nnx.merge(graphdef, params, rest)
-    logits, stats = model(x.astype(dtype), seq_lengths, return_stats=True)
+    logits, stats = model(x.astype(dtype), seq_lengths, return_stats=True, diagnostics=diagnostics)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
     predictions = jnp.argmax(logits, axis=-1)
@@ -160,7 +160,12 @@ def _summaries(ce, predictions, stats, y, w) -> dict[str, jax.Array]:
     failed = jnp.stack([~s.converged for s in stats])
     fell_back = jnp.stack([s.fell_back for s in stats])
     valid_fell_back = fell_back & valid
+    lyapunov = {}
+    if stats and stats[0].lyapunov is not None:
+        exponents = jnp.stack([s.lyapunov for s in stats])
+        lyapunov["lyapunov_sum"] = jnp.sum(jnp.where(valid, exponents, 0), axis=1)  # per block
     return {
+        **lyapunov,
         "count": jnp.sum(w),
         "loss_sum": jnp.sum(w * ce),
         "correct": jnp.sum(w * (predictions == y)),
@@ -192,12 +197,14 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, dtype) ->
     return jax.jit(train_step)
 
 
-def make_eval_step(graphdef, dtype) -> Callable:
+def make_eval_step(graphdef, dtype, diagnostics: bool = False) -> Callable:
     """``eval_step(params, rest, x, y, w, seq_lengths=None) -> (summaries, predictions)``,
-    jitted."""
+    jitted; with ``diagnostics`` the summaries hold every block's summed Lyapunov estimates."""
 
     def eval_step(params, rest, x, y, w, seq_lengths=None):
-        _, (ce, predictions, stats) = _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths)
+        _, (ce, predictions, stats) = _forward(
+            graphdef, params, rest, x, y, w, dtype, seq_lengths, diagnostics
+        )
         return _summaries(ce, predictions, stats, y, w), predictions
 
     return jax.jit(eval_step)
@@ -216,7 +223,9 @@ _STEPS_CACHE: dict[tuple, Steps] = {}
 _STEPS_CACHE_SIZE = 32  # method: auto compiles one pair of steps per assignment it tries
 
 
-def compiled_steps(graphdef, optim: OptimConfig, total_steps: int, dtype) -> Steps:
+def compiled_steps(
+    graphdef, optim: OptimConfig, total_steps: int, dtype, diagnostics: bool = False
+) -> Steps:
     """:class:`Steps` for a model structure and optimiser, reused across runs in a process.
 
     Graph definitions compare by structure, so runs of the same configuration (folds of
@@ -229,6 +238,7 @@ def compiled_steps(graphdef, optim: OptimConfig, total_steps: int, dtype) -> Ste
         json.dumps(dataclasses.asdict(optim), sort_keys=True),
         total_steps if decays else None,
         str(jnp.dtype(dtype)),
+        diagnostics,
     )
     if key not in _STEPS_CACHE:
         if len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
@@ -238,6 +248,6 @@ def compiled_steps(graphdef, optim: OptimConfig, total_steps: int, dtype) -> Ste
             optimizer,
             schedule,
             make_train_step(graphdef, optimizer, dtype),
-            make_eval_step(graphdef, dtype),
+            make_eval_step(graphdef, dtype, diagnostics),
         )
     return _STEPS_CACHE[key]
