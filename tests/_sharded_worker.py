@@ -328,7 +328,9 @@ def check_nn():
 
 def check_train():
     """Short runs of rnnscan.train on 8 devices (8 data-parallel; 2 data x 4 sequence)
-    match the run on 1 device."""
+    match the run on 1 device; so does ``method: auto`` on 2 x 4 devices when it switches a
+    stalling block (Newton capped at one iteration, so every solve falls back) to the
+    sequential scan after two steps."""
     from rnnscan.train import load_config, train
 
     base = {
@@ -347,13 +349,30 @@ def check_train():
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        layouts = {"1 device": dict(devices=1), "8 x 1": {}, "2 x 4": dict(sequence_devices=4)}
+        stalling_auto = {
+            "model.method": "auto",
+            "model.max_iterations": 1,
+            "model.auto": {"window": 20, "fallback_steps": 2, "start": "parallel"},
+        }
+        layouts = {
+            "1 device": dict(devices=1),
+            "8 x 1": {},
+            "2 x 4": dict(sequence_devices=4),
+            "2 x 4 auto": dict(sequence_devices=4),
+        }
         for name, devices in layouts.items():
             overrides = {**base, **{f"train.{k}": v for k, v in devices.items()}}
+            if name.endswith("auto"):
+                overrides.update(stalling_auto)
             overrides["out_dir"] = os.path.join(tmp, name.replace(" ", "_"))
             results[name] = train(load_config(None, overrides))
+    methods = [r["methods"] for r in results["2 x 4 auto"].records if r["kind"] == "train"]
+    expect(
+        f"auto on 2 x 4 devices switched after two steps (ran {methods})",
+        methods == [["newton"]] * 2 + [["sequential"]],
+    )
     one = results["1 device"]
-    for name in ("8 x 1", "2 x 4"):
+    for name in ("8 x 1", "2 x 4", "2 x 4 auto"):
         run = results[name]
         tag = f"training on {name} devices"
         expect(f"{tag}: the run used 8 devices", run.summary["devices"] == 8)
