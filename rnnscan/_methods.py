@@ -38,6 +38,17 @@ class Sequential(Method):
 
 
 @dataclasses.dataclass(frozen=True)
+class SplitSequential(Method):
+    """``Sequential`` on a time axis split over devices: the carries by scans, block after
+    block, differentiated implicitly in ``jacobian`` like the parallel methods (one linear
+    recurrence, in parallel over the blocks) instead of by transposing the scans, whose
+    cotangents of closed-over arrays JAX cannot create inside a partly manual
+    ``shard_map``. Built by ``solve`` from ``Sequential()``, not by users."""
+
+    jacobian: Structure = Dense()
+
+
+@dataclasses.dataclass(frozen=True)
 class _Iterative(Method):
     rtol: float | None = None
     atol: float | None = None

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
 from ._growth import declared_structure, largest_exponent
-from ._methods import Method, Sequential, as_method
+from ._methods import Method, Sequential, SplitSequential, as_method
 from ._solution import RESULTS, Solution
 from ._solve import ON_FAILURE, solve_carries
 from ._timeline import WHOLE, Timeline
@@ -214,8 +214,10 @@ def _split_solution(f, init, xs, T, reverse, method, on_failure, guess, axis_nam
             "splitting the time axis of xs (or use rnnscan.sharded_scan, which does it)"
         ) from err
     timeline = Timeline(axis_name, reverse=reverse)
-    if isinstance(method, Sequential) or T == 0:
+    if T == 0:
         return _split_sequential_solution(f, init, xs, T, timeline)
+    if isinstance(method, Sequential):
+        method = SplitSequential(jacobian=declared_structure(f))
     return _parallel_solution(f, init, xs, T, method, on_failure, guess, timeline)
 
 

@@ -18,6 +18,7 @@ from ._flatten import sequence_length
 from ._methods import Method
 from ._scan import solve
 from ._solution import Solution
+from ._structure import Dense
 
 Carry = Any
 PyTree = Any
@@ -62,6 +63,7 @@ def _identity_when_padded(f):
         new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
         return new_carry, y
 
+    step.jacobian_structure = getattr(f, "jacobian_structure", Dense())
     return step
 
 

@@ -20,7 +20,7 @@ from ._damped import damped_carries
 from ._fallback import lazy_cond
 from ._implicit import tangent_carries
 from ._iterate import parallel_carries, sequential_carries
-from ._methods import ELK, Method
+from ._methods import ELK, Method, SplitSequential
 from ._solution import RESULTS
 from ._timeline import Timeline
 from ._window import windowed_carries
@@ -65,6 +65,10 @@ def solve_carries(
 
 
 def _iterate(F, method, timeline, length, c0, xs, consts, guess):
+    if isinstance(method, SplitSequential):
+        c = sequential_carries(F, timeline, length, c0, xs, consts)
+        zero = jnp.zeros((), c.dtype)
+        return c, jnp.array(0, jnp.int32), zero, jnp.array(RESULTS.successful, jnp.int32)
     if isinstance(method, ELK):
         return damped_carries(F, method, timeline, length, c0, xs, consts, guess)
     if method.window is not None:
