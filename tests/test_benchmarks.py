@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import OPTIMIZATION_FLAG
 
 from benchmarks import _config, _report, _results
 
@@ -230,7 +231,7 @@ def test_devices_axis(tmp_path):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {OPTIMIZATION_FLAG}",
     }
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--config", str(QUICK), "--out", str(out)]
