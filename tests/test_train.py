@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from flax import nnx
+from helpers import tree_allclose
 
 import rnnscan.train as rt
 from rnnscan.data import DatasetNotFoundError, load_worm_sample
@@ -356,23 +357,39 @@ def test_solvers_give_the_same_training_trajectory(tmp_path, methods):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-7, atol=1e-9)
 
 
-def test_evaluations_log_each_blocks_lyapunov_exponent(tmp_path):
-    config = tiny(
-        tmp_path / "run",
-        **{
-            "model.num_blocks": 2,
-            "train.max_steps": 2,
-            "train.lyapunov": True,
-            "checkpoint.enabled": False,
-        },
-    )
-    run = train(config)
-    evals = [r for r in run.records if r["kind"] == "eval"]
-    assert evals
-    for record in evals:
-        exponents = record["lyapunov_per_block"]
-        assert len(exponents) == 2
-        assert all(-10 < value < 0 for value in exponents)  # GRUs at init contract
+def test_warm_started_evaluations_match_cold_ones(tmp_path):
+    """train.warm_start_eval: the same validation losses and predictions (to the solver
+    tolerance), from fewer Newton iterations once there is a previous evaluation. The warm
+    run also logs each block's Lyapunov exponent (train.lyapunov), which changes nothing
+    else."""
+    settings = {
+        "model.dtype": "float64",
+        "train.eval_every": 1,
+        "train.max_steps": 4,
+        "checkpoint.enabled": False,
+    }
+    runs = {
+        warm: train(
+            tiny(
+                tmp_path / str(warm),
+                **settings,
+                **{"train.warm_start_eval": warm, "train.lyapunov": warm},
+            )
+        )
+        for warm in (False, True)
+    }
+    cold, warm = ([r for r in runs[k].records if r["kind"] == "eval"] for k in (False, True))
+    assert len(cold) == len(warm) == 4
+    for a, b in zip(cold, warm):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-9)
+        assert b["correct"] == a["correct"]
+        assert "lyapunov_per_block" not in a
+        (exponent,) = b["lyapunov_per_block"]  # one block
+        assert -10 < exponent < 0  # a GRU near its initialisation contracts
+    assert warm[0]["iterations_mean"] == cold[0]["iterations_mean"]  # nothing to start from
+    assert all(b["iterations_mean"] < a["iterations_mean"] for a, b in zip(cold[1:], warm[1:]))
+    tree_allclose(runs[True].final_params, runs[False].final_params, rtol=1e-9, atol=1e-12)
+    config = tiny(tmp_path / "mesh", **{"train.lyapunov": True})
     with pytest.raises(ConfigError, match="train.lyapunov"):
         config.replace({"train.sequence_devices": 2})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -121,10 +121,21 @@ class ResidualBlock(nnx.Module):
         self.mlp = MLP(width, width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, seq_lengths: jax.Array | None = None, *, diagnostics: bool = False
+        self,
+        x: jax.Array,
+        seq_lengths: jax.Array | None = None,
+        *,
+        diagnostics: bool = False,
+        guess: Any = None,
+        return_carries: bool = False,
     ) -> tuple[jax.Array, SolverStats]:
         y, stats = self.rnn(
-            self.rnn_norm(x), seq_lengths=seq_lengths, return_stats=True, diagnostics=diagnostics
+            self.rnn_norm(x),
+            seq_lengths=seq_lengths,
+            return_stats=True,
+            diagnostics=diagnostics,
+            guess=guess,
+            return_carries=return_carries,
         )
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
@@ -168,7 +179,8 @@ class SequenceClassifier(nnx.Module):
     Call with inputs ``(batch, time, in_features)`` (and optionally ``seq_lengths``,
     ``(batch,)``) to get logits ``(batch, num_classes)``; with ``return_stats=True`` also the
     :class:`SolverStats` of each block's RNN (with ``diagnostics=True``, their ``lyapunov``:
-    each series' largest Lyapunov exponent in that block).
+    each series' largest Lyapunov exponent in that block; with ``return_carries=True``, their
+    ``carries``, which ``guesses`` (one per block) takes back as warm starts).
     """
 
     def __init__(
@@ -217,11 +229,22 @@ class SequenceClassifier(nnx.Module):
         *,
         return_stats: bool = False,
         diagnostics: bool = False,
+        guesses: Sequence[Any] | None = None,
+        return_carries: bool = False,
     ):
         h = self.encoder(inputs)
         all_stats = []
-        for block in self.blocks:
-            h, stats = block(h, seq_lengths, diagnostics=diagnostics)
+        guesses = (None,) * len(self.blocks) if guesses is None else tuple(guesses)
+        if len(guesses) != len(self.blocks):
+            raise ValueError(f"guesses: one per block ({len(self.blocks)}), got {len(guesses)}")
+        for block, guess in zip(self.blocks, guesses):
+            h, stats = block(
+                h,
+                seq_lengths,
+                diagnostics=diagnostics,
+                guess=guess,
+                return_carries=return_carries,
+            )
             all_stats.append(stats)
         step_logits = self.classifier(h)  # (batch, time, classes)
         if seq_lengths is None:

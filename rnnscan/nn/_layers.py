@@ -59,6 +59,9 @@ class SolverStats(Outcome):
         fell_back: whether the values were recomputed sequentially after a failed solve.
         lyapunov: with ``diagnostics=True``, each sequence's finite-time largest Lyapunov
             exponent over its valid steps (see ``rnnscan.Solution.lyapunov``); else ``None``.
+        carries: with ``return_carries=True``, every carry, ``(*batch, time, *carry)``
+            (aligned with the inputs, batch-major whatever ``time_major`` says): what
+            ``guess`` takes to warm-start the next call; else ``None``.
     """
 
     iterations: Int[Array, "*batch"]
@@ -66,6 +69,7 @@ class SolverStats(Outcome):
     result: Int[Array, "*batch"]
     fell_back: Bool[Array, "*batch"]
     lyapunov: Float[Array, "*batch"] | None = None
+    carries: Carry | None = None
 
 
 class RNN(nnx.Module):
@@ -180,6 +184,8 @@ class RNN(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None = None,
         return_stats: bool = False,
         diagnostics: bool = False,
+        guess: Carry | None = None,
+        return_carries: bool = False,
     ):
         """Run the cell over ``inputs``.
 
@@ -196,6 +202,12 @@ class RNN(nnx.Module):
                 (``SolverStats.lyapunov``; ``rnnscan.solve(..., diagnostics=True)``), in the
                 cell's declared Jacobian structure: about one more Newton iteration's work.
                 Not available with a ``mesh``.
+            guess: a warm start for the parallel solve: carries ``(*batch, time, *carry)``
+                like ``SolverStats.carries``, e.g. of the same sequences under slightly
+                different parameters (the last evaluation's). Not differentiated; the
+                result is the same up to the solver tolerance, only the iteration count
+                changes. Ignored by ``"sequential"``.
+            return_carries: also return every carry in ``SolverStats.carries``.
 
         Returns:
             ``outputs`` or ``(final_carry, outputs)``; with ``return_stats``, that and the
@@ -241,11 +253,23 @@ class RNN(nnx.Module):
         if seq_lengths is not None:
             seq_lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape)
             seq_lengths = seq_lengths.reshape(num_sequences)
+        if guess is not None:
+            for path, leaf in jax.tree_util.tree_leaves_with_path(guess):
+                if jnp.shape(leaf)[: len(batch_shape) + 1] != batch_shape + (length,):
+                    raise ValueError(
+                        f"RNN: guess{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
+                        f"expected (*batch, time, *carry) with batch {batch_shape} and "
+                        f"time {length} (like SolverStats.carries)"
+                    )
+            guess = jax.tree_util.tree_map(
+                lambda leaf: leaf.reshape((num_sequences,) + leaf.shape[len(batch_shape) :]),
+                guess,
+            )
 
         graphdef, state = nnx.split(self.cell)
         on_failure = self.on_failure
 
-        def run_sequence(carry, xs, seq_length, *, method):
+        def run_sequence(carry, xs, seq_length, guess, *, method):
             # A fresh module from the split state: the solve sees a pure step function whose
             # closed-over parameter arrays it can differentiate.
             cell = nnx.merge(graphdef, state)
@@ -260,6 +284,7 @@ class RNN(nnx.Module):
                 reverse=reverse,
                 method=method,
                 on_failure=on_failure,
+                guess=guess,
                 diagnostics=diagnostics,
             )
             outputs = sol.ys
@@ -270,13 +295,16 @@ class RNN(nnx.Module):
                 # Padded steps keep the carry (identity Jacobians, log-norm 0): the product is
                 # that of the valid steps, so average over those.
                 lyapunov = lyapunov * length / jnp.maximum(seq_length, 1)
-            stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back, lyapunov)
+            carries = sol.carries if return_carries else None
+            stats = SolverStats(
+                sol.iterations, sol.residual, sol.result, sol.fell_back, lyapunov, carries
+            )
             return sol.final_carry, outputs, stats
 
         def run_batch(method):
             if self.mesh is None:
                 return jax.vmap(functools.partial(run_sequence, method=method))(
-                    initial_carry, inputs, seq_lengths
+                    initial_carry, inputs, seq_lengths, guess
                 )
             return self._run_sharded(
                 graphdef,
@@ -288,6 +316,8 @@ class RNN(nnx.Module):
                 length,
                 reverse,
                 keep_order,
+                guess,
+                return_carries,
             )
 
         final_carry, outputs, stats = run_batch(self._current_method())
@@ -326,6 +356,8 @@ class RNN(nnx.Module):
         length,
         reverse,
         keep_order,
+        guess,
+        return_carries,
     ):
         """The batch of sequences in one :func:`rnnscan.sharded_solve`: time split over
         ``time_axis``, sequences over ``batch_axis`` (or vmapped on every device)."""
@@ -347,13 +379,16 @@ class RNN(nnx.Module):
             batched=True,
             method=method,
             on_failure=self.on_failure,
-            guess=None,
+            guess=guess,
         )
         outputs = sol.ys
         if reverse and not keep_order:
             in_order = lambda ys, n: _processing_order(ys, length, n)
             outputs = jax.vmap(in_order)(outputs, seq_lengths)
-        stats = SolverStats(sol.iterations, sol.residual, sol.result, sol.fell_back)
+        carries = sol.carries if return_carries else None
+        stats = SolverStats(
+            sol.iterations, sol.residual, sol.result, sol.fell_back, carries=carries
+        )
         return sol.final_carry, outputs, stats
 
 

@@ -224,6 +224,10 @@ class LoopConfig:
             (``lyapunov_per_block`` in the eval records: the mean over the series; < 0
             predictable, parallel solves cheap; near or above 0, Newton struggles). Costs
             about one Newton iteration per block and evaluation batch.
+        warm_start_eval: start every validation batch's parallel solves from its carries at
+            the previous evaluation (same results up to the solver tolerance, fewer
+            iterations when the weights moved little). Keeps every block's carries of the
+            whole validation part on the device: blocks x series x T x carry size values.
     """
 
     seed: int = 0
@@ -239,6 +243,7 @@ class LoopConfig:
     sequence_devices: int = 1
     warmup: dict[str, Any] = field(default_factory=dict)
     lyapunov: bool = False
+    warm_start_eval: bool = False
 
 
 @dataclass

@@ -307,10 +307,19 @@ class _Run:
         start_time = time.perf_counter()
         totals: dict[str, Any] = {}
         predictions = np.zeros(n, np.int64)
+        # train.warm_start_eval: each validation batch starts its solves from the carries of
+        # its last evaluation (kept on the device), the same up to the solver tolerance.
+        warm = self.config.train.warm_start_eval and part == "val"
         for eval_batch in self.plan.eval_batches(lengths, n, size):
             real = int(eval_batch.weights.sum())
             arrays = batch_arrays(X, y, lengths, eval_batch)
-            out, pred = self.eval_step(params, rest, *self.layout.batch(*arrays))
+            key = tuple(eval_batch.indices.tolist())
+            guesses = self._eval_guesses.get(key) if warm else None
+            out, pred, *carries = self.eval_step(
+                params, rest, *self.layout.batch(*arrays), guesses=guesses
+            )
+            if warm:
+                self._eval_guesses[key] = carries[0]
             out = jax.device_get(out)
             predictions[eval_batch.indices[:real]] = np.asarray(pred)[:real]
             for key, value in out.items():
@@ -386,8 +395,14 @@ class _Run:
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.graphdef = graphdef
         steps = compiled_steps(
-            graphdef, config.optim, self.total_steps, self.dtype, config.train.lyapunov
+            graphdef,
+            config.optim,
+            self.total_steps,
+            self.dtype,
+            config.train.lyapunov,
+            config.train.warm_start_eval,
         )
+        self._eval_guesses: dict[tuple[int, ...], Any] = {}
         optimizer, schedule = steps.optimizer, steps.schedule
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
         state = self.layout.replicate(TrainState(params, rest, optimizer.init(params)))
@@ -690,8 +705,14 @@ class _Run:
         model = nnx.merge(self.graphdef, state.params, state.rest)
         set_methods(model, parallel)
         graphdef = nnx.split(model, nnx.Param, ...)[0]
+        train = self.config.train
         return graphdef, compiled_steps(
-            graphdef, self.config.optim, self.total_steps, self.dtype, self.config.train.lyapunov
+            graphdef,
+            self.config.optim,
+            self.total_steps,
+            self.dtype,
+            train.lyapunov,
+            train.warm_start_eval,
         )
 
     def _update_best(self, progress: _Progress, result: dict, params: Any, best: Any) -> Any:

@@ -142,11 +142,30 @@ def count_params(params: Any) -> int:
 # ----------------------------------------------------------------------------- steps
 
 
-def _forward(graphdef, params, rest, x, y, w, dtype, seq_lengths=None, diagnostics=False):
+def _forward(
+    graphdef,
+    params,
+    rest,
+    x,
+    y,
+    w,
+    dtype,
+    seq_lengths=None,
+    diagnostics=False,
+    guesses=None,
+    return_carries=False,
+):
     """Weighted mean cross-entropy, and the per-series numbers the logs need
     (``seq_lengths``: valid steps of each padded series, ``None``: all steps)."""
     model = nnx.merge(graphdef, params, rest)
-    logits, stats = model(x.astype(dtype), seq_lengths, return_stats=True, diagnostics=diagnostics)
+    logits, stats = model(
+        x.astype(dtype),
+        seq_lengths,
+        return_stats=True,
+        diagnostics=diagnostics,
+        guesses=guesses,
+        return_carries=return_carries,
+    )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
     predictions = jnp.argmax(logits, axis=-1)
@@ -197,15 +216,33 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, dtype) ->
     return jax.jit(train_step)
 
 
-def make_eval_step(graphdef, dtype, diagnostics: bool = False) -> Callable:
+def make_eval_step(
+    graphdef, dtype, diagnostics: bool = False, warm_start: bool = False
+) -> Callable:
     """``eval_step(params, rest, x, y, w, seq_lengths=None) -> (summaries, predictions)``,
-    jitted; with ``diagnostics`` the summaries hold every block's summed Lyapunov estimates."""
+    jitted; with ``diagnostics`` the summaries hold every block's summed Lyapunov estimates.
+    With ``warm_start``: ``eval_step(..., guesses=None) -> (summaries, predictions,
+    carries)``, every block's carries, which the next evaluation of the same batch passes
+    back as ``guesses``."""
 
-    def eval_step(params, rest, x, y, w, seq_lengths=None):
+    def eval_step(params, rest, x, y, w, seq_lengths=None, guesses=None):
         _, (ce, predictions, stats) = _forward(
-            graphdef, params, rest, x, y, w, dtype, seq_lengths, diagnostics
+            graphdef,
+            params,
+            rest,
+            x,
+            y,
+            w,
+            dtype,
+            seq_lengths,
+            diagnostics,
+            guesses,
+            return_carries=warm_start,
         )
-        return _summaries(ce, predictions, stats, y, w), predictions
+        summaries = _summaries(ce, predictions, stats, y, w)
+        if warm_start:
+            return summaries, predictions, tuple(s.carries for s in stats)
+        return summaries, predictions
 
     return jax.jit(eval_step)
 
@@ -224,7 +261,12 @@ _STEPS_CACHE_SIZE = 32  # method: auto compiles one pair of steps per assignment
 
 
 def compiled_steps(
-    graphdef, optim: OptimConfig, total_steps: int, dtype, diagnostics: bool = False
+    graphdef,
+    optim: OptimConfig,
+    total_steps: int,
+    dtype,
+    diagnostics: bool = False,
+    warm_start: bool = False,
 ) -> Steps:
     """:class:`Steps` for a model structure and optimiser, reused across runs in a process.
 
@@ -239,6 +281,7 @@ def compiled_steps(
         total_steps if decays else None,
         str(jnp.dtype(dtype)),
         diagnostics,
+        warm_start,
     )
     if key not in _STEPS_CACHE:
         if len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
@@ -248,6 +291,6 @@ def compiled_steps(
             optimizer,
             schedule,
             make_train_step(graphdef, optimizer, dtype),
-            make_eval_step(graphdef, dtype, diagnostics),
+            make_eval_step(graphdef, dtype, diagnostics, warm_start),
         )
     return _STEPS_CACHE[key]
