@@ -134,13 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "auto-method.json").write_text(
         json.dumps({"provenance": provenance, "runs": runs}, indent=1)
     )
-    model = config.get("model", {})
-    synthetic = config.get("data", {}).get("synthetic", {})
-    title = (
-        f"{config['name']}: {model.get('cell')} {model.get('hidden_features')} x "
-        f"{model.get('num_blocks')}, T={synthetic.get('seq_len', '?')}, batch "
-        f"{config.get('train', {}).get('batch_size')}, {provenance['device']['device_kind']}"
-    )
+    title = _provenance.training_run_title(config, provenance)
     table = _table(runs)
     (args.out / "auto-method.md").write_text(f"{title}\n\n{table}\n")
     _plot(runs, args.out / "auto-method.png", title)

@@ -80,14 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "warm-eval.json").write_text(
         json.dumps({"provenance": provenance, "cold": cold, "warm": warm}, indent=1)
     )
-    model = config.get("model", {})
-    synthetic = config.get("data", {}).get("synthetic", {})
-    title = (
-        f"{config['name']}: {model.get('cell')} {model.get('hidden_features')} x "
-        f"{model.get('num_blocks')}, method {model.get('method')}, "
-        f"T={synthetic.get('seq_len', '?')}, {model.get('dtype')}, "
-        f"{provenance['device']['device_kind']}, jax {provenance['versions']['jax']}"
-    )
+    title = _provenance.training_run_title(config, provenance)
     table = _table(cold, warm)
     (args.out / "warm-eval.md").write_text(f"{title}\n\n{table}\n")
     print(table)
