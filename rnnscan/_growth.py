@@ -50,7 +50,7 @@ def _normalize(P: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def dyadic_products(
-    structure: Structure, jacobians: jax.Array, *, whole: bool = False
+    structure: Structure, jacobians: jax.Array, *, whole: bool = False, compute_dtype=None
 ) -> tuple[list[jax.Array], list[jax.Array]]:
     """``(products, log_scales)`` per level of the reduction tree over ``jacobians`` (T, ...).
 
@@ -58,8 +58,12 @@ def dyadic_products(
     windows of 2^j steps (later @ earlier; ``structure.compose``) and their log scales, so
     product = P * exp(s). With ``whole=True`` an unpaired last window is carried up a level
     instead of dropped, so the last level is the product of all T Jacobians (the levels below
-    then also hold shorter, trailing windows)."""
+    then also hold shorter, trailing windows). With ``compute_dtype`` the products are formed
+    in that dtype after every Jacobian is normalised in its own (so nothing overflows on the
+    cast), while the log scales stay in the Jacobians' dtype."""
     P, s = _normalize(jacobians)
+    if compute_dtype is not None:
+        P = P.astype(compute_dtype)
     products, scales = [P], [s]
     while P.shape[0] >= 2:
         W = P.shape[0] // 2

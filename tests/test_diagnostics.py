@@ -287,7 +287,75 @@ def test_parallelizability_predicts_newton():
             assert float(rep.lyapunov) > 0.01 and not sol.converged
             assert np.isinf(float(rep.expected_newton_iterations))
             assert "sequential" in str(rep)
-    np.testing.assert_allclose(rep.lyapunov, lyapunov_exponents(f, init, xs)[0], rtol=1e-12)
+    # The report's finite-time estimate against the QR method on the same trajectory.
+    _close(rep.lyapunov, lyapunov_exponents(f, init, xs)[0], rel=0.02, abs_=0.01)
+
+
+def _window_log_norm(J):
+    """log ||J[-1] ... J[0]||_2 in numpy, renormalising as it goes (diagonal: J is (k, n))."""
+    if J.ndim == 2:
+        return np.max(np.sum(np.log(np.abs(J)), axis=0))
+    P, log_scale = np.eye(J.shape[-1]), 0.0
+    for Jt in J:
+        P = Jt @ P
+        scale = np.abs(P).max()
+        P, log_scale = P / scale, log_scale + np.log(scale)
+    return log_scale + np.log(np.linalg.norm(P, 2))
+
+
+@pytest.mark.parametrize("structure", ["dense", "diagonal"])
+def test_report_growth_against_window_products(structure):
+    # T = 77 = 0b1001101: levels with an unpaired window, which must not count as a window.
+    T = 77
+    xs = _normal(9, (T, 2))
+    if structure == "dense":
+        f, init = _tanh_rnn(6, 1.4)
+        J = np.asarray(_reference_jacobians(f, init, xs), np.float64)
+    else:
+        a = jnp.array([0.5, -1.3, 0.9, 1.1])
+
+        def f(h, x):
+            h = jnp.tanh(a * h + x[:1] - 0.3 * x[1:])
+            return h, h
+
+        f.jacobian_structure = rnnscan.Diagonal()
+        init = np.zeros(4)
+        J = np.asarray(jax.vmap(jnp.diagonal)(_reference_jacobians(f, init, xs)))
+    rep = parallelizability(f, init, xs)
+
+    def growth(J):
+        return [
+            max(_window_log_norm(J[i * 2**j : (i + 1) * 2**j]) for i in range(T // 2**j))
+            for j in range(7)
+        ]
+
+    expected = growth(J)
+    # 2-norms by power iteration: from below, converged to ~1e-6 on these windows.
+    np.testing.assert_allclose(np.asarray(rep.growth), expected, rtol=0, atol=1e-5)
+    assert float(rep.amplification) == pytest.approx(max(0.0, max(expected)), abs=1e-5)
+    np.testing.assert_allclose(float(rep.lyapunov), _window_log_norm(J) / T, rtol=1e-6)
+    # At Newton's first guess c_t = F(c_0, x_t): Jacobians at c_{t-1} = F(c_0, x_{t-1}).
+    guess = jax.vmap(lambda x: f(init, x)[0])(xs)
+    c_prev = jnp.concatenate([jnp.asarray(init)[None], guess[:-1]])
+    J_guess = np.asarray(jax.vmap(lambda c, x: jax.jacfwd(lambda c: f(c, x)[0])(c))(c_prev, xs))
+    if structure == "diagonal":
+        J_guess = np.stack([np.diagonal(Jt) for Jt in J_guess])
+    expected_guess = max(0.0, max(growth(J_guess)))
+    assert float(rep.guess_amplification) == pytest.approx(expected_guess, abs=1e-5)
+    assert expected_guess != pytest.approx(float(rep.amplification), abs=1e-3)
+
+
+def test_newton_is_predicted_to_diverge_from_an_amplifying_first_guess():
+    from rnnscan.diagnostics._predict import predict_iterations
+
+    G = jnp.array([0.5, 0.2, -1.0, -3.0])  # a benign trajectory: log S ~ 1
+    a, log_s = jnp.array(0.5), jnp.array(1.0)
+    method = rnnscan.Newton().resolved(jnp.float64, 1000)
+    for guess_amplification, finite in ((5.0, True), (np.log(1e8) + 0.1, False)):
+        n = predict_iterations(
+            G, a, log_s, jnp.array(guess_amplification), method, rnnscan.Dense(), 1000
+        )
+        assert bool(jnp.isfinite(n)) is finite
 
 
 def test_parallelizability_vmap_and_prefix():

@@ -9,17 +9,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float
 
 from .._flatten import carry_dtype, sequence_length
 from .._growth import declared_structure
 from .._methods import FixedPoint, Method, Newton, QuasiNewton, as_method
+from .._stopping import DIVERGENCE_FACTOR
 from .._structure import Diagonal, Structure
 from ._lyapunov import (
     _guard_finite,
     _Trajectory,
-    dyadic_log_norms,
-    step_growth,
+    dyadic_growth,
     trajectory,
 )
 
@@ -31,7 +31,8 @@ class Features(eqx.Module):
     """What the predictor reads off the trajectory (all natural-log, per-step units).
 
     Attributes:
-        lyapunov: the largest Lyapunov exponent lambda_1 (QR along the trajectory).
+        lyapunov: the largest Lyapunov exponent lambda_1, as its finite-time estimate
+            (1/T) log ||J_T ... J_1||_2 (the top of the reduction tree that gives ``growth``).
         growth: G(2^j), j = 0..floor(log2 T'): the largest log-norm of a product of 2^j
             consecutive Jacobians over the aligned windows of that length (the finite-time
             exponents times the window length, at their worst along the sequence).
@@ -41,12 +42,16 @@ class Features(eqx.Module):
             interpolated linearly between the dyadic lengths): a bound on
             ||(I - L_J)^{-1}||, the inverse of the residual Jacobian of the parallel problem
             (Gonzalez et al., 2025), whose conditioning decides Newton's convergence.
+        guess_amplification: log a of the Jacobians at the parallel solvers' first guess
+            c_t = F(c_0, x_t) instead of along the trajectory (inf if they are not finite):
+            how much Newton's first linearisation amplifies the first residual.
     """
 
     lyapunov: Float[Array, ""]
     growth: Float[Array, " levels"]
     amplification: Float[Array, ""]
     log_sensitivity: Float[Array, ""]
+    guess_amplification: Float[Array, ""]
 
 
 def _log_sensitivity(G: jax.Array) -> jax.Array:
@@ -82,28 +87,37 @@ def features(
     carries: Carry | None = None,
     jacobian: Structure | str | None = None,
     max_length: int | None = None,
-    key: PRNGKeyArray | None = None,
 ) -> Features:
     """The :class:`Features` of ``f`` along its trajectory (the first ``max_length`` steps)."""
     name = "parallelizability"
-    traj = trajectory(f, init, xs, length, reverse, carries, jacobian, name, max_length)
-    key = jax.random.PRNGKey(0) if key is None else key
-    return _features(traj, key)
+    traj = trajectory(
+        f, init, xs, length, reverse, carries, jacobian, name, max_length, at_guess=True
+    )
+    return _features(traj)
 
 
 @jax.jit  # one program per shape, whatever f is (see _lyapunov._exponents)
-def _features(traj: _Trajectory, key: PRNGKeyArray) -> Features:
+def _features(traj: _Trajectory) -> Features:
     name = "parallelizability"
-    lle = jnp.mean(step_growth(traj, 1, key), axis=0)
-    lle = jnp.max(lle)  # diagonal / block: every direction was computed
-    G = jnp.stack([jnp.max(g) for g in dyadic_log_norms(traj, power_iterations=4)])
+    G, whole = dyadic_growth(traj, power_iterations=16)
+    guess_G, _ = dyadic_growth(traj, power_iterations=16, jacobians=traj.guess_jacobians)
+    guess_amplification = jnp.maximum(0.0, jnp.max(guess_G))
     out = Features(
-        lyapunov=lle,
+        lyapunov=whole / traj.length,
         growth=G,
         amplification=jnp.maximum(0.0, jnp.max(G)),
         log_sensitivity=_log_sensitivity(G),
+        guess_amplification=jnp.where(jnp.isnan(guess_amplification), jnp.inf, guess_amplification),
     )
-    return jax.tree_util.tree_map(lambda leaf: _guard_finite(leaf, traj, name), out)
+    # Only the trajectory must be finite: a first guess that overflows predicts divergence.
+    return eqx.tree_at(
+        lambda o: (o.lyapunov, o.growth, o.amplification, o.log_sensitivity),
+        out,
+        tuple(
+            _guard_finite(leaf, traj, name)
+            for leaf in (out.lyapunov, out.growth, out.amplification, out.log_sensitivity)
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +130,9 @@ NEWTON_SCALE = 0.75  # N = base + scale * S ** power
 NEWTON_POWER = 0.5
 # Above this log S, plain Newton (DEER) diverged or stalled on every calibration problem.
 NEWTON_MAX_LOG_SENSITIVITY = 6.05
+# Above this log a at the first guess, Newton's first update is amplified by more than the
+# factor of the solvers' divergence rule (``_stopping.DIVERGENCE_FACTOR``): not fitted.
+NEWTON_MAX_GUESS_AMPLIFICATION = float(np.log(DIVERGENCE_FACTOR))
 # Initial error scale of Jacobi / quasi-Newton (their first guess is F(c_0, x_t) for all t).
 FIXED_POINT_E0 = 1.0
 # Above this amplification log a, the solvers' early give-up (no smaller update for 8
@@ -143,14 +160,24 @@ def _crossing(G: jax.Array, level: jax.Array, T: int) -> jax.Array:
 
 
 def predict_iterations(
-    growth, amplification, log_sensitivity, method: Method, structure: Structure, T: int
+    growth,
+    amplification,
+    log_sensitivity,
+    guess_amplification,
+    method: Method,
+    structure: Structure,
+    T: int,
 ) -> jax.Array:
     """Predicted iterations of the resolved ``method`` on T steps; inf when it is not
     expected to converge within its cap (see :func:`parallelizability`)."""
     diagonal_newton = isinstance(method, QuasiNewton) and isinstance(structure, Diagonal)
     if isinstance(method, Newton) or diagonal_newton:
         n_iter = NEWTON_BASE + NEWTON_SCALE * jnp.exp(NEWTON_POWER * log_sensitivity)
-        n_iter = jnp.where(log_sensitivity <= NEWTON_MAX_LOG_SENSITIVITY, n_iter, jnp.inf)
+        converges = jnp.logical_and(
+            log_sensitivity <= NEWTON_MAX_LOG_SENSITIVITY,
+            guess_amplification <= NEWTON_MAX_GUESS_AMPLIFICATION,
+        )
+        n_iter = jnp.where(converges, n_iter, jnp.inf)
     else:
         tol = method.atol + method.rtol  # the stopping test for carries of scale ~1
         k = _crossing(growth, jnp.log(tol / FIXED_POINT_E0), T)
@@ -185,6 +212,7 @@ class Parallelizability(eqx.Module):
         amplification: log a = max(0, max_k G(k)), the largest growth of a perturbation over
             any window.
         log_sensitivity: log S, S = sum_k max_t ||J_{t+k} ... J_{t+1}||.
+        guess_amplification: log a at the parallel solvers' first guess c_t = F(c_0, x_t).
         growth: G(2^j) for j = 0..floor(log2 T), the largest log-norm of a product of 2^j
             consecutive Jacobians (over the aligned windows).
         method: the method's name; max_steps: its resolved iteration cap; length: T;
@@ -197,6 +225,7 @@ class Parallelizability(eqx.Module):
     expected_iterations: Float[Array, "*batch"]
     amplification: Float[Array, "*batch"]
     log_sensitivity: Float[Array, "*batch"]
+    guess_amplification: Float[Array, "*batch"]
     growth: Float[Array, "*batch levels"]
     method: str = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
@@ -208,10 +237,13 @@ class Parallelizability(eqx.Module):
         """The predicted iterations of another method (``"newton"``, ``"quasi_newton"``,
         ``"fixed_point"`` or a method object) from the same features: no new estimate."""
         resolved = _check_method(method).resolved(jnp.dtype(self.dtype), self.length)
-        fn = lambda g, a, s: predict_iterations(g, a, s, resolved, self.structure, self.length)  # noqa: E731
+
+        def fn(g, a, s, ga):
+            return predict_iterations(g, a, s, ga, resolved, self.structure, self.length)
+
         for _ in range(jnp.ndim(self.lyapunov)):
             fn = jax.vmap(fn)
-        return fn(self.growth, self.amplification, self.log_sensitivity)
+        return fn(self.growth, self.amplification, self.log_sensitivity, self.guess_amplification)
 
     @property
     def summary(self) -> str:
@@ -273,7 +305,6 @@ def parallelizability(
     carries: Carry | None = None,
     jacobian: Structure | str | None = None,
     max_length: int | None = None,
-    key: PRNGKeyArray | None = None,
 ) -> Parallelizability:
     r"""Predict whether, and in how many iterations, a parallel solve of ``f`` converges.
 
@@ -281,11 +312,15 @@ def parallelizability(
     reads the carry Jacobians J_t along the trajectory (computed by ``jax.lax.scan``, or the
     ``carries`` you pass, e.g. ``rnnscan.solve(...).carries``):
 
-    - lambda_1, the largest Lyapunov exponent (:func:`lyapunov_exponents`, k = 1);
     - G(k) = max_t log ||J_{t+k} ... J_{t+1}||_2 for windows of k = 1, 2, 4, ..., 2^L <= T
-      steps (a reduction tree of Jacobian products: depth log2 T, work about that of one
-      Newton iteration), linear in k in between; from it the amplification
-      log a = max(0, max_k G(k)) and the sensitivity S = sum_{k>=0} exp(G(k)).
+      steps (over the aligned windows, from a reduction tree of Jacobian products: depth
+      log2 T, work about half a parallel scan of a Newton iteration), linear in k in
+      between; from it the amplification log a = max(0, max_k G(k)) and the sensitivity
+      S = sum_{k>=0} exp(G(k));
+    - lambda_1, the largest Lyapunov exponent, as (1/T) log ||J_T ... J_1||_2 from the top
+      of the same tree (the finite-time estimate ``rnnscan.solve(..., diagnostics=True)``
+      reports; :func:`lyapunov_exponents` runs the QR method instead, at the cost of a
+      sequential scan of T matrix products).
 
     S bounds ||(I - L_J)^{-1}||, the inverse of the Jacobian of the residual
     r_t = c_t - F(c_{t-1}, x_t) of the whole parallel problem (L_J puts J_t below the
@@ -301,7 +336,10 @@ def parallelizability(
 
     - Newton (and quasi-Newton with a diagonal Jacobian, where it *is* Newton):
       N = 4 + 0.75 sqrt(S); not expected to converge (inf) when log S > 6.05 (every
-      calibration problem beyond it diverged or stalled).
+      calibration problem beyond it diverged or stalled), or when the amplification at the
+      first guess c_t = F(c_0, x_t) exceeds log 1e8: Newton's first linearisation then
+      amplifies the first residual by more than the factor at which the solvers' divergence
+      rule gives up (not fitted; a warm start ``guess=`` is not what is predicted).
     - Fixed point (Jacobi), from its error recursion e^{k+1}_t = J_t e^k_{t-1} (linearised):
       after k iterations the error is at most max_t ||J_{t} ... J_{t-k+1}|| e_0, so
       N = 1 + min{k : G(k) <= log(tol / e_0)} with tol = atol + rtol and e_0 = 1; inf when
@@ -312,9 +350,11 @@ def parallelizability(
 
     ``predictable`` is lambda_1 < -0.01 with a finite Newton prediction.
 
-    Cost: one ``jax.lax.scan`` (none with ``carries``), the T Jacobians (as one Newton
-    linearisation), a sequential scan of T matrix-vector products and the reduction tree:
-    below a single Newton solve (measured in docs/diagnostics.md). ``max_length`` estimates
+    Cost: one ``jax.lax.scan`` (none with ``carries``), the Jacobians along it and at the
+    first guess (two Newton linearisations) and a reduction tree over each (half a
+    parallel scan; the 2-norms by power iteration on the few largest windows of every level
+    only; float64 products formed in float32): below the Newton solve it predicts
+    (measured in docs/diagnostics.md). ``max_length`` estimates
     from the first ``max_length`` steps only (cheaper; lambda_1 is then a prefix average
     and the window maxima can only be lower, so predictions are optimistic on sequences
     whose later part is harder), while the cap and the T + 1 bound use the whole T.
@@ -322,9 +362,9 @@ def parallelizability(
     Reference (what the predictor computes, in numpy)::
 
         J = [jacobian(F, c[t - 1], x[t]) for t in range(T)]
-        lle = qr_lyapunov(J)
-        G = [max(log(norm(prod(J[i * 2**j:(i + 1) * 2**j]), 2)) for i in ...)
+        G = [max(log(norm(prod(J[i * 2**j:(i + 1) * 2**j]), 2)) for i in range(T // 2**j))
              for j in range(floor(log2(T)) + 1)]
+        lle = log(norm(prod(J), 2)) / T
         S = sum(exp(interpolate(G, k)) for k in range(T + 1))
         N = min(4 + 0.75 * sqrt(S), T + 1) if log(S) <= 6.05 else inf
 
@@ -335,7 +375,6 @@ def parallelizability(
         carries: the trajectory, stacked like ``rnnscan.Solution.carries``.
         jacobian: the Jacobian structure (default: ``f.jacobian_structure``, else dense).
         max_length: estimate on this prefix of the sequence.
-        key: PRNG key of the random start of the QR iteration.
 
     Returns:
         A :class:`Parallelizability` report; ``print(report)`` gives its summary.
@@ -357,12 +396,11 @@ def parallelizability(
         carries=carries,
         jacobian=jacobian,
         max_length=max_length,
-        key=key,
     )
     structure = declared_structure(f, jacobian)
     dtype = carry_dtype(init)
     resolved = method.resolved(dtype, T)
-    args = (feat.growth, feat.amplification, feat.log_sensitivity)
+    args = (feat.growth, feat.amplification, feat.log_sensitivity, feat.guess_amplification)
     expected = predict_iterations(*args, resolved, structure, T)
     expected_newton = predict_iterations(*args, Newton().resolved(dtype, T), structure, T)
     return Parallelizability(
@@ -372,6 +410,7 @@ def parallelizability(
         expected_iterations=expected,
         amplification=feat.amplification,
         log_sensitivity=feat.log_sensitivity,
+        guess_amplification=feat.guess_amplification,
         growth=feat.growth,
         method=_NAMES[type(method)],
         max_steps=int(resolved.max_steps),
