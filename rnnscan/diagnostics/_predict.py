@@ -204,8 +204,10 @@ class Parallelizability(eqx.Module):
 
     Attributes:
         lyapunov: the largest Lyapunov exponent lambda_1 (natural log per step).
-        predictable: lambda_1 < -0.01 and the predicted Newton iterations are finite: the
-            regime where a parallel solve can pay (Gonzalez et al., 2025).
+        predictable: lambda_1 < -0.01 and log S <= 6.05: the parallel problem along the
+            trajectory is well conditioned, the regime where a parallel solve can pay
+            (Gonzalez et al., 2025). Newton from its default first guess can still diverge
+            (``expected_newton_iterations`` is then inf and the summary says why).
         expected_newton_iterations: predicted iterations of ``rnnscan.Newton()`` (default
             cap and tolerances for this dtype and T); inf where it should not converge.
         expected_iterations: the same for the ``method`` asked about.
@@ -250,23 +252,39 @@ class Parallelizability(eqx.Module):
         """A readable verdict (one line per sequence when batched)."""
         values = [
             np.atleast_1d(np.asarray(v)).ravel()
-            for v in (self.lyapunov, self.expected_iterations, self.predictable)
+            for v in (
+                self.lyapunov,
+                self.expected_iterations,
+                self.predictable,
+                self.guess_amplification,
+            )
         ]
         return "\n".join(
-            _summary_line(float(lle), float(it), bool(p), self.method, self.max_steps, self.length)
-            for lle, it, p in zip(*values)
+            _summary_line(*row, self.method, self.max_steps, self.length) for row in zip(*values)
         )
 
     def __str__(self) -> str:
         return self.summary
 
 
-def _summary_line(lle, iters, predictable, method, cap, T) -> str:
+def _summary_line(lle, iters, predictable, guess_amplification, method, cap, T) -> str:
+    lle, iters, guess_amplification = float(lle), float(iters), float(guess_amplification)
     if predictable:
         kind = "predictable"
     else:
         kind = "chaotic" if lle > 0.01 else "too close to chaos"
     head = f"LLE = {lle:+.3f} per step ({kind})"
+    if (
+        not np.isfinite(iters)
+        and predictable
+        and (guess_amplification > NEWTON_MAX_GUESS_AMPLIFICATION)
+    ):
+        return (
+            f"{head}, but parallel {method} is not expected to converge from its first guess "
+            f"F(c_0, x_t), along which perturbations grow by up to e^{guess_amplification:.0f}; "
+            "a warm start (guess=) closer to the solution may converge, else use the "
+            "sequential scan (method='sequential')."
+        )
     if not np.isfinite(iters):
         return (
             f"{head}: parallel {method} is not expected to converge within its cap of {cap} "
@@ -348,7 +366,8 @@ def parallelizability(
     - Every method: at most T + 1 (after k iterations the first k steps are exact), inf
       above the method's resolved ``max_steps``.
 
-    ``predictable`` is lambda_1 < -0.01 with a finite Newton prediction.
+    ``predictable`` is lambda_1 < -0.01 and log S <= 6.05 (the conditioning along the
+    trajectory, whatever the first guess).
 
     Cost: one ``jax.lax.scan`` (none with ``carries``), the Jacobians along it and at the
     first guess (two Newton linearisations) and a reduction tree over each (half a
@@ -405,7 +424,9 @@ def parallelizability(
     expected_newton = predict_iterations(*args, Newton().resolved(dtype, T), structure, T)
     return Parallelizability(
         lyapunov=feat.lyapunov,
-        predictable=jnp.logical_and(feat.lyapunov < -0.01, jnp.isfinite(expected_newton)),
+        predictable=jnp.logical_and(
+            feat.lyapunov < -0.01, feat.log_sensitivity <= NEWTON_MAX_LOG_SENSITIVITY
+        ),
         expected_newton_iterations=expected_newton,
         expected_iterations=expected,
         amplification=feat.amplification,
