@@ -6,16 +6,17 @@
 For every problem of the config (a tanh RNN, h' = tanh(gain W h + U x + b), or an
 ``rnnscan.nn`` cell with its recurrent weights multiplied by ``scale``) and every scale:
 
-- the largest Lyapunov exponent from :func:`rnnscan.diagnostics.lyapunov_exponents` and from
-  a plain numpy QR loop (the reference), and the report of
-  :func:`rnnscan.diagnostics.parallelizability` (its prediction for every method);
+- the largest Lyapunov exponent from the report of
+  :func:`rnnscan.diagnostics.parallelizability` (with its prediction for every method),
+  from :func:`rnnscan.diagnostics.lyapunov_exponents` (QR) and from a plain numpy QR loop
+  (the reference);
 - every method of the config solved with ``rnnscan.solve`` (default options, so the default
   iteration caps and early give-up): iterations, result, whether it fell back;
 - the median time of the estimate (``parallelizability`` from scratch, trajectory included)
   and of each solve, relative to ``jax.lax.scan``.
 
-Problems are tagged ``calibration`` (used to choose the predictor's constants) or
-``holdout`` (not used; the acceptance numbers are reported on these). Cells from
+Problems are tagged ``calibration`` (used to choose the predictor's constants), ``holdout``
+or ``holdout2`` (not used for them; the acceptance numbers are reported on these). Cells from
 ``rnnscan.nn`` are used here only: the diagnostics module itself never imports them.
 """
 
