@@ -1,8 +1,9 @@
 """The hot loop: the linear recurrence x_t = A_t x_{t-1} + b_t, solved in parallel.
 
 Everything else in rnnscan reaches it through :func:`linear_recurrence`, so a faster
-implementation (a chunked two-level scan, a Pallas kernel) can replace the body without
-touching the solvers.
+implementation can replace the body without touching the solvers: ``backend="pallas"``
+runs the chunked Pallas kernel of ``_pallas_recurrence.py`` (diagonal Jacobians; not yet
+measured on a GPU, so ``"auto"`` does not choose it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import jax
 from jaxtyping import Array, Float
 
-from ._structure import Structure
+from ._structure import Diagonal, Structure
+
+BACKENDS = ("auto", "associative", "pallas")
 
 
 def linear_recurrence(
@@ -19,6 +22,7 @@ def linear_recurrence(
     structure: Structure,
     *,
     reverse: bool = False,
+    backend: str = "auto",
 ) -> Float[Array, "T n"]:
     r"""Solve x_t = A_t x_{t-1} + b_t for t = 0..T-1 with x_{-1} = 0 (or, with ``reverse``,
     x_t = A_t x_{t+1} + b_t for t = T-1..0 with x_T = 0).
@@ -30,6 +34,11 @@ def linear_recurrence(
     O(log T) depth; O(T n^3) work for dense A, O(T n) for diagonal A. Matrix products run at
     ``Precision.HIGHEST`` (TF32 on GPUs would ruin Newton's accuracy).
 
+    ``backend``: ``"associative"`` (the above), ``"pallas"`` (``Diagonal()`` only: a chunked
+    reduce-then-scan Pallas kernel, differentiable to any order; interpret mode, slow, off a
+    GPU) or ``"auto"``, which is ``"associative"`` everywhere until the kernel has been
+    measured faster on a GPU.
+
     Reference loop::
 
         x = zeros(n)
@@ -38,6 +47,17 @@ def linear_recurrence(
             out[t] = x
     """
 
+    if backend not in BACKENDS:
+        raise ValueError(f"linear_recurrence: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "pallas":
+        if not isinstance(structure, Diagonal):
+            raise NotImplementedError(
+                f"linear_recurrence: backend='pallas' has a kernel for Diagonal() only, not "
+                f"{structure!r}; use backend='associative'"
+            )
+        from ._pallas_recurrence import diagonal_linear_recurrence
+
+        return diagonal_linear_recurrence(A, b, reverse=reverse)
     return linear_recurrence_with_products(A, b, structure, reverse=reverse)[1]
 
 

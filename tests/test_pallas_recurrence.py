@@ -1,0 +1,103 @@
+"""The Pallas kernel for the diagonal linear recurrence (interpret mode on the CPU) against
+``jax.lax.associative_scan``: values, gradients, forward mode and second order, float32 and
+float64, reverse, T = 1, T and n not multiples of the chunk and feature block, vmap."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnnscan
+from rnnscan._linear_recurrence import linear_recurrence
+from rnnscan._pallas_recurrence import diagonal_linear_recurrence
+
+# Small blocks so that small arrays span several chunks and feature blocks (and padding).
+BLOCKS = {"chunk": 8, "feature_block": 4}
+TOL = {jnp.float64: {"rtol": 1e-12, "atol": 1e-12}, jnp.float32: {"rtol": 1e-5, "atol": 1e-5}}
+
+
+def _pallas(a, b, reverse=False):
+    return diagonal_linear_recurrence(a, b, reverse=reverse, interpret=True, **BLOCKS)
+
+
+def _reference(a, b, reverse=False):
+    return linear_recurrence(a, b, rnnscan.Diagonal(), reverse=reverse, backend="associative")
+
+
+def _problem(T, n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-1.1, 1.1, (T, n)).astype(dtype)
+    b = rng.standard_normal((T, n)).astype(dtype)
+    return jnp.asarray(a), jnp.asarray(b)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_values_and_gradients_match_the_associative_scan(dtype, reverse):
+    a, b = _problem(37, 5, dtype)  # 5 chunks of 8 (the last padded), 2 feature blocks
+    np.testing.assert_allclose(_pallas(a, b, reverse), _reference(a, b, reverse), **TOL[dtype])
+
+    def loss(solver):
+        return lambda a, b: jnp.sum(jnp.sin(solver(a, b, reverse)) * jnp.arange(1, 6))
+
+    got = jax.grad(loss(_pallas), argnums=(0, 1))(a, b)
+    expected = jax.grad(loss(_reference), argnums=(0, 1))(a, b)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, **TOL[dtype])
+
+
+def test_forward_mode_second_order_and_vmap():
+    a, b = _problem(37, 5, jnp.float64, seed=1)
+    da, db = _problem(37, 5, jnp.float64, seed=2)
+    got = jax.jvp(_pallas, (a, b), (da, db))
+    expected = jax.jvp(_reference, (a, b), (da, db))
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, **TOL[jnp.float64])
+
+    def curvature(solver):  # d^2/ds^2 of a loss along (da, db)
+        def along(s):
+            return jnp.sum(jnp.tanh(solver(a + s * da, b + s * db)))
+
+        return jax.grad(jax.grad(along))(0.0)
+
+    np.testing.assert_allclose(curvature(_pallas), curvature(_reference), rtol=1e-10)
+
+    batch = jnp.stack([b, 2 * b, -b])
+    np.testing.assert_allclose(
+        jax.vmap(_pallas, in_axes=(None, 0))(a, batch),
+        jax.vmap(_reference, in_axes=(None, 0))(a, batch),
+        **TOL[jnp.float64],
+    )
+
+
+def test_one_step_and_the_backend_switch():
+    a, b = _problem(1, 3, jnp.float64)
+    np.testing.assert_allclose(_pallas(a, b), b)  # x_0 = b_0
+    a, b = _problem(37, 5, jnp.float64)
+    np.testing.assert_allclose(
+        linear_recurrence(a, b, rnnscan.Diagonal(), backend="pallas"),
+        _reference(a, b),
+        **TOL[jnp.float64],
+    )
+    with pytest.raises(NotImplementedError, match="Diagonal"):
+        linear_recurrence(jnp.ones((4, 2, 2)), jnp.ones((4, 2)), rnnscan.Dense(), backend="pallas")
+    with pytest.raises(ValueError, match="backend"):
+        linear_recurrence(a, b, rnnscan.Diagonal(), backend="cuda")
+    with pytest.raises(ValueError, match=r"shape \(T, n\)"):
+        diagonal_linear_recurrence(a, b[:, :2])
+
+
+def test_the_benchmark_runs_and_records_both_backends(tmp_path):
+    import json
+
+    from benchmarks import linear_recurrence as bench
+
+    out = tmp_path / "lr"
+    overrides = ["lengths=[40]", "hidden=[3]", "batch=2", "repeats=1"]
+    bench.main(["--out", str(out)] + [arg for o in overrides for arg in ("--set", o)])
+    (record,) = json.loads(out.with_suffix(".json").read_text())["records"]
+    assert record["associative"]["max_relative_deviation"] == 0.0
+    assert record["pallas"]["max_relative_deviation"] < 1e-5
+    assert "| 40 | 3 | 2 | float32 |" in out.with_suffix(".md").read_text()
