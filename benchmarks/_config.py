@@ -42,7 +42,15 @@ GRID_AXES = ("cells", "hidden", "length", "batch", "dtype", "methods", "modes", 
 # Grid axes a grid may leave out, with their default values.
 OPTIONAL_AXES = {"devices": [1]}
 SIZE_AXES = ("hidden", "length", "batch", "devices")
-METHODS = ("sequential", "newton", "quasi_newton", "fixed_point")
+# "<method>_pallas": the method with linear_recurrence="pallas" (diagonal Jacobians only).
+METHODS = (
+    "sequential",
+    "newton",
+    "quasi_newton",
+    "fixed_point",
+    "newton_pallas",
+    "quasi_newton_pallas",
+)
 MODES = ("forward", "train")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 

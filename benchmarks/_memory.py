@@ -46,7 +46,9 @@ def estimate_bytes(problem: Any, method: str, mode: str) -> int:
     elif mode == "train":
         jacobian = declared
     else:
-        jacobian = {"newton": declared, "quasi_newton": n, "fixed_point": 0}[method]
+        jacobian = {"newton": declared, "quasi_newton": n, "fixed_point": 0}[
+            method.removesuffix("_pallas")
+        ]
     per_step += JACOBIAN_COPIES * jacobian
     return problem.batch * problem.length * per_step * problem.itemsize
 

@@ -39,12 +39,16 @@ METHOD_STYLES = {
     "newton": dict(ls="-", marker="o"),
     "quasi_newton": dict(ls="--", marker="s"),
     "fixed_point": dict(ls=":", marker="^"),
+    "newton_pallas": dict(ls="-.", marker="D"),
+    "quasi_newton_pallas": dict(ls="-.", marker="v"),
 }
 METHOD_COLOURS = {
     "sequential": "black",
     "newton": "tab:blue",
     "quasi_newton": "tab:orange",
     "fixed_point": "tab:green",
+    "newton_pallas": "tab:purple",
+    "quasi_newton_pallas": "tab:red",
 }
 STATUS_LABELS = {"oom": "OOM", "skipped": "skip", "error": "err"}
 

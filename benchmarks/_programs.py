@@ -88,7 +88,11 @@ def build_problem(problem: tuple, config: dict[str, Any], *, with_inputs: bool) 
 
 
 def resolve(problem: Problem, method: str) -> rnnscan.Method:
-    """The method object for the cell, as ``rnnscan.nn.RNN`` resolves a method name."""
+    """The method object for the cell, as ``rnnscan.nn.RNN`` resolves a method name;
+    ``"<method>_pallas"`` is that method with ``linear_recurrence="pallas"``."""
+    if method.endswith("_pallas"):
+        base = rnnscan.nn.resolve_method(method.removesuffix("_pallas"), problem.cell_module())
+        return dataclasses.replace(base, linear_recurrence="pallas")
     return rnnscan.nn.resolve_method(method, problem.cell_module())
 
 

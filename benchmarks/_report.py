@@ -8,7 +8,14 @@ from typing import Any
 
 from ._results import with_speedups
 
-METHOD_ORDER = ("sequential", "newton", "quasi_newton", "fixed_point")
+METHOD_ORDER = (
+    "sequential",
+    "newton",
+    "quasi_newton",
+    "fixed_point",
+    "newton_pallas",
+    "quasi_newton_pallas",
+)
 MODE_TITLES = {
     "forward": "Forward pass",
     "train": "Training step (value_and_grad w.r.t. parameters)",

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from ._linear_recurrence import BACKENDS
 from ._structure import Dense, Structure, as_structure
 
 # Default tolerances on the Newton update, per real dtype: max_t,i |delta| <= atol + rtol |c|.
@@ -56,6 +57,7 @@ class _Iterative(Method):
     jacobian: Structure = Dense()
     give_up: bool = True
     window: int | None = None
+    linear_recurrence: str = "auto"
 
     default_max_steps = 50
     # Whether the forward solve uses only the diagonal of the Jacobian.
@@ -74,6 +76,16 @@ class _Iterative(Method):
         ):
             raise ValueError(
                 f"{type(self).__name__}: max_steps must be a positive int, got {self.max_steps!r}"
+            )
+        if self.linear_recurrence not in BACKENDS:
+            raise ValueError(
+                f"{type(self).__name__}: linear_recurrence must be one of {BACKENDS}, got "
+                f"{self.linear_recurrence!r}"
+            )
+        if self.linear_recurrence == "pallas" and self.window is not None:
+            raise ValueError(
+                f"{type(self).__name__}: linear_recurrence='pallas' does not run with a window "
+                "yet; use window=None or linear_recurrence='auto'"
             )
         if self.window is not None and not (isinstance(self.window, int) and self.window >= 1):
             raise ValueError(
@@ -122,6 +134,11 @@ _COMMON_OPTIONS = """
             step and sliding on as the prefix converges: memory O(window n^2) for dense
             Jacobians in the forward pass instead of O(T n^2). ``max_steps`` then caps the
             iterations per window position (T / window of them). Default None (all T).
+        linear_recurrence: how the linear recurrences of the iterations and of the
+            gradient are solved: ``"auto"`` (default; today ``jax.lax.associative_scan``
+            everywhere), ``"associative"`` or ``"pallas"`` (the chunked Pallas kernel,
+            ``Diagonal()`` Jacobians only, not with a time split or a window; not yet
+            measured on a GPU, and slow in interpret mode elsewhere).
 """
 
 

@@ -247,6 +247,7 @@ def _parallel_solution(
     # The cap T + 1 is about the whole sequence: T is this device's block when time is split.
     method = method.resolved(c0.dtype, T * timeline.devices())
     method.jacobian.validate(c0.shape[0])
+    timeline = dataclasses.replace(timeline, backend=getattr(method, "linear_recurrence", "auto"))
 
     def F(c, x):
         return flatten(f(unflatten(c), x)[0])

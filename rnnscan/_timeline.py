@@ -58,6 +58,8 @@ class Timeline:
 
     axis_name: Any = None
     reverse: bool = False
+    # How its linear recurrences are solved (``linear_recurrence``'s ``backend``).
+    backend: str = "auto"
 
     @property
     def split(self) -> bool:
@@ -91,8 +93,13 @@ class Timeline:
         """x_t = A_t x_{t-1} + b_t in processing order (``reverse``: against it)."""
         backwards = reverse != self.reverse
         if self.split:
+            if self.backend == "pallas":
+                raise NotImplementedError(
+                    "linear_recurrence='pallas' does not run on a time axis split over "
+                    "devices yet; use 'auto' there"
+                )
             return linear_recurrence_sharded(A, b, structure, self.axis_name, reverse=backwards)
-        return linear_recurrence(A, b, structure, reverse=backwards)
+        return linear_recurrence(A, b, structure, reverse=backwards, backend=self.backend)
 
     def positions(self, length: int):
         """The position of each local step in processing order (its global time index when

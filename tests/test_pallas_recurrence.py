@@ -101,3 +101,40 @@ def test_the_benchmark_runs_and_records_both_backends(tmp_path):
     assert record["associative"]["max_relative_deviation"] == 0.0
     assert record["pallas"]["max_relative_deviation"] < 1e-5
     assert "| 40 | 3 | 2 | float32 |" in out.with_suffix(".md").read_text()
+
+
+def test_a_newton_solve_with_the_kernel_matches_lax_scan():
+    a = jnp.array([0.5, -0.9, 0.8, 1.2, -0.3])
+
+    def f(h, x):
+        h = jnp.tanh(a * h + x[:1] - x[1:])
+        return h, h**2
+
+    xs = jnp.asarray(np.random.default_rng(3).standard_normal((37, 2)))
+    h0 = jnp.zeros(5)
+    method = rnnscan.Newton(jacobian=rnnscan.Diagonal(), linear_recurrence="pallas")
+
+    def loss(solver):
+        def value(h0, xs):
+            final, ys = solver(h0, xs)
+            return jnp.sum(ys) + jnp.sum(final)
+
+        return value
+
+    def parallel(h0, xs):
+        return rnnscan.scan(f, h0, xs, method=method, on_failure="raise")
+
+    def sequential(h0, xs):
+        return jax.lax.scan(f, h0, xs)
+
+    assert "pallas_call" in str(jax.make_jaxpr(parallel)(h0, xs))  # the kernel, not the scan
+    for got, expected in zip(parallel(h0, xs), sequential(h0, xs)):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    got = jax.grad(loss(parallel), argnums=(0, 1))(h0, xs)
+    expected = jax.grad(loss(sequential), argnums=(0, 1))(h0, xs)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="linear_recurrence"):
+        rnnscan.Newton(linear_recurrence="triton")
+    with pytest.raises(ValueError, match="window"):
+        rnnscan.Newton(linear_recurrence="pallas", window=8)
