@@ -6,16 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from ._config import METHODS
 from ._results import with_speedups
 
-METHOD_ORDER = (
-    "sequential",
-    "newton",
-    "quasi_newton",
-    "fixed_point",
-    "newton_pallas",
-    "quasi_newton_pallas",
-)
+METHOD_ORDER = METHODS  # the order of the columns: the config's list
 MODE_TITLES = {
     "forward": "Forward pass",
     "train": "Training step (value_and_grad w.r.t. parameters)",
