@@ -42,7 +42,8 @@ GRID_AXES = ("cells", "hidden", "length", "batch", "dtype", "methods", "modes", 
 # Grid axes a grid may leave out, with their default values.
 OPTIONAL_AXES = {"devices": [1]}
 SIZE_AXES = ("hidden", "length", "batch", "devices")
-# "<method>_pallas": the method with linear_recurrence="pallas" (diagonal Jacobians only).
+# "<method>_pallas": the method with linear_recurrence="pallas" (diagonal and block-diagonal
+# Jacobians).
 METHODS = (
     "sequential",
     "newton",

@@ -2,8 +2,8 @@
 
 Everything else in rnnscan reaches it through :func:`linear_recurrence`, so a faster
 implementation can replace the body without touching the solvers: ``backend="pallas"``
-runs the chunked Pallas kernel of ``_pallas_recurrence.py`` (diagonal Jacobians; not yet
-measured on a GPU, so ``"auto"`` does not choose it).
+runs the chunked Pallas kernel of ``_pallas_recurrence.py`` (diagonal and block-diagonal
+Jacobians; not yet measured on a GPU, so ``"auto"`` does not choose it).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from jaxtyping import Array, Float
 
-from ._structure import Diagonal, Structure
+from ._structure import BlockDiagonal, Diagonal, Structure
 
 BACKENDS = ("auto", "associative", "pallas")
 
@@ -34,10 +34,10 @@ def linear_recurrence(
     O(log T) depth; O(T n^3) work for dense A, O(T n) for diagonal A. Matrix products run at
     ``Precision.HIGHEST`` (TF32 on GPUs would ruin Newton's accuracy).
 
-    ``backend``: ``"associative"`` (the above), ``"pallas"`` (``Diagonal()`` only: a chunked
-    reduce-then-scan Pallas kernel, differentiable to any order; interpret mode, slow, off a
-    GPU) or ``"auto"``, which is ``"associative"`` everywhere until the kernel has been
-    measured faster on a GPU.
+    ``backend``: ``"associative"`` (the above), ``"pallas"`` (``Diagonal()`` and
+    ``BlockDiagonal(k)``: a chunked reduce-then-scan Pallas kernel, differentiable to any
+    order; interpret mode, slow, off a GPU) or ``"auto"``, which is ``"associative"``
+    everywhere until the kernel has been measured faster on a GPU.
 
     Reference loop::
 
@@ -50,14 +50,14 @@ def linear_recurrence(
     if backend not in BACKENDS:
         raise ValueError(f"linear_recurrence: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "pallas":
-        if not isinstance(structure, Diagonal):
+        if not isinstance(structure, Diagonal | BlockDiagonal):
             raise NotImplementedError(
-                f"linear_recurrence: backend='pallas' has a kernel for Diagonal() only, not "
-                f"{structure!r}; use backend='associative'"
+                f"linear_recurrence: backend='pallas' has kernels for Diagonal() and "
+                f"BlockDiagonal(k) only, not {structure!r}; use backend='associative'"
             )
-        from ._pallas_recurrence import diagonal_linear_recurrence
+        from ._pallas_recurrence import pallas_linear_recurrence
 
-        return diagonal_linear_recurrence(A, b, reverse=reverse)
+        return pallas_linear_recurrence(A, b, structure, reverse=reverse)
     return linear_recurrence_with_products(A, b, structure, reverse=reverse)[1]
 
 

@@ -137,8 +137,8 @@ _COMMON_OPTIONS = """
         linear_recurrence: how the linear recurrences of the iterations and of the
             gradient are solved: ``"auto"`` (default; today ``jax.lax.associative_scan``
             everywhere), ``"associative"`` or ``"pallas"`` (the chunked Pallas kernel,
-            ``Diagonal()`` Jacobians only, not with a time split or a window; not yet
-            measured on a GPU, and slow in interpret mode elsewhere).
+            ``Diagonal()`` and ``BlockDiagonal(k)`` Jacobians, not with a time split or a
+            window; not yet measured on a GPU, and slow in interpret mode elsewhere).
 """
 
 

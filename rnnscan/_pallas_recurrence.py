@@ -1,4 +1,6 @@
-r"""The diagonal linear recurrence x_t = a_t * x_{t-1} + b_t as a chunked Pallas kernel.
+r"""The linear recurrence x_t = A_t x_{t-1} + b_t with diagonal or k x k block-diagonal A_t
+as a chunked Pallas kernel (written for the diagonal case below; blocks work the same, with
+every entry of the k x k blocks one array across the program's lanes).
 
 ``jax.lax.associative_scan`` solves it in O(log T) rounds, each reading and writing whole
 copies of a and b. The physical limit is one read of a and b and one write of x. This module
@@ -32,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from ._structure import BlockDiagonal, Diagonal, Structure
+
 # Time steps per program, and features per program (lanes). Powers of two, as the GPU
 # (Triton) lowering requires; untuned until measured on a device.
 CHUNK = 256
@@ -42,67 +46,95 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _reduce_kernel(a_ref, b_ref, h_ref, p_ref, *, chunk: int):
+def _block_step(a, h, b, k):
+    """h' = A h + b per lane, for k x k blocks held as k * k arrays a[r * k + s] and k arrays
+    h[r], b[r] (b may be None)."""
+    out = []
+    for r in range(k):
+        value = sum(a[r * k + s] * h[s] for s in range(k))
+        out.append(value if b is None else value + b[r])
+    return out
+
+
+def _reduce_kernel(*refs, k: int, chunk: int):
+    a_refs, b_refs = refs[: k * k], refs[k * k : k * k + k]
+    h_refs, p_refs = refs[k * k + k : k * k + 2 * k], refs[k * k + 2 * k :]
+
     def step(t, carry):
         h, p = carry
-        a = a_ref[pl.ds(t, 1), :]
-        return a * h + b_ref[pl.ds(t, 1), :], a * p
+        a = [ref[pl.ds(t, 1), :] for ref in a_refs]
+        b = [ref[pl.ds(t, 1), :] for ref in b_refs]
+        # P <- A_t P, column by column (P[r * k + s]: entry (r, s)).
+        columns = [_block_step(a, [p[q * k + s] for q in range(k)], None, k) for s in range(k)]
+        return _block_step(a, h, b, k), [columns[s][r] for r in range(k) for s in range(k)]
 
-    zeros = jnp.zeros(h_ref.shape, h_ref.dtype)
-    h, p = jax.lax.fori_loop(0, chunk, step, (zeros, jnp.ones_like(zeros)))
-    h_ref[...] = h
-    p_ref[...] = p
+    zeros = jnp.zeros(h_refs[0].shape, h_refs[0].dtype)
+    eye = [jnp.ones_like(zeros) if r == s else zeros for r in range(k) for s in range(k)]
+    h, p = jax.lax.fori_loop(0, chunk, step, ([zeros] * k, eye))
+    for ref, value in zip(h_refs + p_refs, h + p):
+        ref[...] = value
 
 
-def _scan_kernel(a_ref, b_ref, carry_ref, x_ref, *, chunk: int):
+def _scan_kernel(*refs, k: int, chunk: int):
+    a_refs, b_refs = refs[: k * k], refs[k * k : k * k + k]
+    carry_refs, x_refs = refs[k * k + k : k * k + 2 * k], refs[k * k + 2 * k :]
+
     def step(t, h):
-        h = a_ref[pl.ds(t, 1), :] * h + b_ref[pl.ds(t, 1), :]
-        x_ref[pl.ds(t, 1), :] = h
+        a = [ref[pl.ds(t, 1), :] for ref in a_refs]
+        h = _block_step(a, h, [ref[pl.ds(t, 1), :] for ref in b_refs], k)
+        for ref, value in zip(x_refs, h):
+            ref[pl.ds(t, 1), :] = value
         return h
 
-    jax.lax.fori_loop(0, chunk, step, carry_ref[...])
+    jax.lax.fori_loop(0, chunk, step, [ref[...] for ref in carry_refs])
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "feature_block", "interpret"))
 def forward_scan(
-    a: jax.Array, b: jax.Array, *, chunk: int, feature_block: int, interpret: bool
+    A: jax.Array, b: jax.Array, *, chunk: int, feature_block: int, interpret: bool
 ) -> jax.Array:
-    """x_t = a_t * x_{t-1} + b_t, x_{-1} = 0, for (T, n) arrays; no derivative rules."""
-    T, n = b.shape
+    """x_t = A_t x_{t-1} + b_t, x_{-1} = 0, for m independent k x k blocks: A (T, m, k, k),
+    b (T, m, k); no derivative rules. Each entry of the blocks is one (T, m) array, so the
+    kernels work lane-wise (m across a program, as features)."""
+    T, m, k = b.shape
     L = min(chunk, pl.next_power_of_2(T))
-    F = min(feature_block, pl.next_power_of_2(n))
-    T_pad, n_pad = _round_up(T, L), _round_up(n, F)
-    # Padded steps come after the real ones (a = b = 0 there), so they change nothing before.
-    a = jnp.pad(a, ((0, T_pad - T), (0, n_pad - n)))
-    b = jnp.pad(b, ((0, T_pad - T), (0, n_pad - n)))
-    chunks, blocks = T_pad // L, n_pad // F
+    F = min(feature_block, pl.next_power_of_2(m))
+    T_pad, m_pad = _round_up(T, L), _round_up(m, F)
+    # Padded steps come after the real ones (A = b = 0 there), so they change nothing before.
+    A = jnp.pad(A, ((0, T_pad - T), (0, m_pad - m), (0, 0), (0, 0)))
+    b = jnp.pad(b, ((0, T_pad - T), (0, m_pad - m), (0, 0)))
+    a_parts = [A[:, :, r, s] for r in range(k) for s in range(k)]
+    b_parts = [b[:, :, r] for r in range(k)]
+    chunks, blocks = T_pad // L, m_pad // F
     step_block = pl.BlockSpec((L, F), lambda c, j: (c, j))
     summary_block = pl.BlockSpec((1, F), lambda c, j: (c, j))
-    summary = jax.ShapeDtypeStruct((chunks, n_pad), b.dtype)
-    h, p = pl.pallas_call(
-        functools.partial(_reduce_kernel, chunk=L),
-        out_shape=(summary, summary),
+    summary = jax.ShapeDtypeStruct((chunks, m_pad), b.dtype)
+    summaries = pl.pallas_call(
+        functools.partial(_reduce_kernel, k=k, chunk=L),
+        out_shape=[summary] * (k + k * k),
         grid=(chunks, blocks),
-        in_specs=[step_block, step_block],
-        out_specs=(summary_block, summary_block),
+        in_specs=[step_block] * (k * k + k),
+        out_specs=[summary_block] * (k + k * k),
         interpret=interpret,
-    )(a, b)
+    )(*a_parts, *b_parts)
+    h = jnp.stack(summaries[:k], axis=-1)  # (chunks, m_pad, k)
+    p = jnp.stack(summaries[k:], axis=-1).reshape(chunks, m_pad, k, k)
 
     def combine(earlier, later):
         (p_i, h_i), (p_j, h_j) = earlier, later
-        return p_j * p_i, p_j * h_i + h_j
+        return p_j @ p_i, (p_j @ h_i[..., None])[..., 0] + h_j
 
     ends = jax.lax.associative_scan(combine, (p, h), axis=0)[1]
     carry_in = jnp.concatenate([jnp.zeros_like(ends[:1]), ends[:-1]], axis=0)
-    x = pl.pallas_call(
-        functools.partial(_scan_kernel, chunk=L),
-        out_shape=jax.ShapeDtypeStruct((T_pad, n_pad), b.dtype),
+    x_parts = pl.pallas_call(
+        functools.partial(_scan_kernel, k=k, chunk=L),
+        out_shape=[jax.ShapeDtypeStruct((T_pad, m_pad), b.dtype)] * k,
         grid=(chunks, blocks),
-        in_specs=[step_block, step_block, summary_block],
-        out_specs=step_block,
+        in_specs=[step_block] * (k * k + k) + [summary_block] * k,
+        out_specs=[step_block] * k,
         interpret=interpret,
-    )(a, b, carry_in)
-    return x[:T, :n]
+    )(*a_parts, *b_parts, *[carry_in[..., r] for r in range(k)])
+    return jnp.stack(x_parts, axis=-1)[:T, :m]
 
 
 def _shift(x: jax.Array, later: bool) -> jax.Array:
@@ -113,50 +145,69 @@ def _shift(x: jax.Array, later: bool) -> jax.Array:
     return jnp.concatenate([zero, x[:-1]], axis=0)
 
 
-def diagonal_linear_recurrence(
-    a: jax.Array,
+def _to_blocks(structure: Structure, A: jax.Array, b: jax.Array):
+    """``(A, b)`` as (T, m, k, k) and (T, m, k), and the inverse map for x; ValueError
+    naming the shapes when they do not fit ``structure``."""
+    if isinstance(structure, Diagonal) and A.ndim == 2 and A.shape == b.shape:
+        return A[..., None, None], b[..., None], lambda x: x[..., 0]
+    if isinstance(structure, BlockDiagonal) and b.ndim == 2:
+        T, n = b.shape
+        k = structure.block_size
+        if n % k == 0 and A.shape == (T, n // k, k, k):
+            # The flat carry is viewed as (k, m): component r of block i is entry r * m + i.
+            def back(x):
+                return jnp.swapaxes(x, 1, 2).reshape(T, n)
+
+            return A, jnp.swapaxes(b.reshape(T, k, n // k), 1, 2), back
+    raise ValueError(
+        f"pallas_linear_recurrence: for {structure!r}, A must be (T, n) (Diagonal) or "
+        f"(T, n // k, k, k) (BlockDiagonal(k)) and b (T, n); got A {A.shape} and b {b.shape}"
+    )
+
+
+def pallas_linear_recurrence(
+    A: jax.Array,
     b: jax.Array,
+    structure: Structure,
     *,
     reverse: bool = False,
     interpret: bool | None = None,
     chunk: int = CHUNK,
     feature_block: int = FEATURE_BLOCK,
 ) -> jax.Array:
-    r"""x_t = a_t * x_{t-1} + b_t (``reverse``: x_t = a_t * x_{t+1} + b_t), a and b (T, n),
-    by the Pallas kernels above; differentiable to any order, batched by ``jax.vmap``.
+    r"""x_t = A_t x_{t-1} + b_t (``reverse``: x_t = A_t x_{t+1} + b_t) for ``Diagonal()``
+    (A (T, n)) or ``BlockDiagonal(k)`` (A (T, n // k, k, k)) Jacobians, b (T, n), by the
+    Pallas kernels above; differentiable to any order, batched by ``jax.vmap``.
 
     ``interpret`` defaults to True off a GPU. Reference loop::
 
         x = zeros(n)
         for t in (reversed(range(T)) if reverse else range(T)):
-            x = a[t] * x + b[t]
+            x = structure.matvec(A[t], x) + b[t]
             out[t] = x
     """
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(
-            "diagonal_linear_recurrence: a and b must both have shape (T, n); got "
-            f"a {a.shape} and b {b.shape}"
-        )
+    _to_blocks(structure, A, b)  # check the shapes before tracing anything
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     scan = functools.partial(
         forward_scan, chunk=chunk, feature_block=feature_block, interpret=interpret
     )
 
-    def run(a, rhs, backwards):
+    def run(A, rhs, backwards):
+        blocks, rhs_blocks, back = _to_blocks(structure, A, rhs)
         if backwards:
-            return jnp.flip(scan(jnp.flip(a, 0), jnp.flip(rhs, 0)), 0)
-        return scan(a, rhs)
+            return back(jnp.flip(scan(jnp.flip(blocks, 0), jnp.flip(rhs_blocks, 0)), 0))
+        return back(scan(blocks, rhs_blocks))
 
-    def matvec(x):  # (I - L_a) x
-        return x - a * _shift(x, later=reverse)
+    def matvec(x):  # (I - L_A) x
+        return x - structure.matvec(A, _shift(x, later=reverse))
 
     def solve(_, rhs):
-        return run(a, rhs, reverse)
+        return run(A, rhs, reverse)
 
     def transpose_solve(_, rhs):
-        # (L_a^T y)_s = a_{s+1} y_{s+1} (forward; reverse: a_{s-1} y_{s-1}): the recurrence
-        # the other way round, with the coefficients shifted by one step.
-        return run(_shift(a, later=not reverse), rhs, not reverse)
+        # (L_A^T y)_s = A_{s+1}^T y_{s+1} (forward; reverse: A_{s-1}^T y_{s-1}): the
+        # recurrence the other way round, transposed, with the coefficients shifted a step.
+        return run(_shift(structure.transpose(A), later=not reverse), rhs, not reverse)
 
     return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)

@@ -1,6 +1,7 @@
-"""The Pallas kernel for the diagonal linear recurrence (interpret mode on the CPU) against
-``jax.lax.associative_scan``: values, gradients, forward mode and second order, float32 and
-float64, reverse, T = 1, T and n not multiples of the chunk and feature block, vmap."""
+"""The Pallas kernel for the diagonal and block-diagonal linear recurrence (interpret mode on
+the CPU) against ``jax.lax.associative_scan``: values, gradients, forward mode and second
+order, float32 and float64, reverse, T = 1, T and n not multiples of the chunk and feature
+block, vmap, and Newton solves with it against ``jax.lax.scan``."""
 
 from __future__ import annotations
 
@@ -11,19 +12,22 @@ import pytest
 
 import rnnscan
 from rnnscan._linear_recurrence import linear_recurrence
-from rnnscan._pallas_recurrence import diagonal_linear_recurrence
+from rnnscan._pallas_recurrence import pallas_linear_recurrence
 
 # Small blocks so that small arrays span several chunks and feature blocks (and padding).
 BLOCKS = {"chunk": 8, "feature_block": 4}
 TOL = {jnp.float64: {"rtol": 1e-12, "atol": 1e-12}, jnp.float32: {"rtol": 1e-5, "atol": 1e-5}}
 
 
-def _pallas(a, b, reverse=False):
-    return diagonal_linear_recurrence(a, b, reverse=reverse, interpret=True, **BLOCKS)
+DIAGONAL = rnnscan.Diagonal()
 
 
-def _reference(a, b, reverse=False):
-    return linear_recurrence(a, b, rnnscan.Diagonal(), reverse=reverse, backend="associative")
+def _pallas(a, b, reverse=False, structure=DIAGONAL):
+    return pallas_linear_recurrence(a, b, structure, reverse=reverse, interpret=True, **BLOCKS)
+
+
+def _reference(a, b, reverse=False, structure=DIAGONAL):
+    return linear_recurrence(a, b, structure, reverse=reverse, backend="associative")
 
 
 def _problem(T, n, dtype, seed=0):
@@ -46,6 +50,26 @@ def test_values_and_gradients_match_the_associative_scan(dtype, reverse):
     expected = jax.grad(loss(_reference), argnums=(0, 1))(a, b)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, **TOL[dtype])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_two_by_two_blocks_match_the_associative_scan(reverse):
+    structure = rnnscan.BlockDiagonal(2)
+    rng = np.random.default_rng(4)
+    A = jnp.asarray(rng.uniform(-0.8, 0.8, (37, 5, 2, 2)))  # n = 10: 5 blocks of 2
+    b = jnp.asarray(rng.standard_normal((37, 10)))
+    tol = TOL[jnp.float64]
+    np.testing.assert_allclose(
+        _pallas(A, b, reverse, structure), _reference(A, b, reverse, structure), **tol
+    )
+
+    def loss(solver):
+        return lambda A, b: jnp.sum(jnp.sin(solver(A, b, reverse, structure)))
+
+    got = jax.grad(loss(_pallas), argnums=(0, 1))(A, b)
+    expected = jax.grad(loss(_reference), argnums=(0, 1))(A, b)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, **tol)
 
 
 def test_forward_mode_second_order_and_vmap():
@@ -81,12 +105,12 @@ def test_one_step_and_the_backend_switch():
         _reference(a, b),
         **TOL[jnp.float64],
     )
-    with pytest.raises(NotImplementedError, match="Diagonal"):
+    with pytest.raises(NotImplementedError, match="BlockDiagonal"):
         linear_recurrence(jnp.ones((4, 2, 2)), jnp.ones((4, 2)), rnnscan.Dense(), backend="pallas")
     with pytest.raises(ValueError, match="backend"):
         linear_recurrence(a, b, rnnscan.Diagonal(), backend="cuda")
-    with pytest.raises(ValueError, match=r"shape \(T, n\)"):
-        diagonal_linear_recurrence(a, b[:, :2])
+    with pytest.raises(ValueError, match=r"A must be \(T, n\)"):
+        pallas_linear_recurrence(a, b[:, :2], rnnscan.Diagonal())
 
 
 def test_the_benchmark_runs_and_records_both_backends(tmp_path):
@@ -138,3 +162,21 @@ def test_a_newton_solve_with_the_kernel_matches_lax_scan():
         rnnscan.Newton(linear_recurrence="triton")
     with pytest.raises(ValueError, match="window"):
         rnnscan.Newton(linear_recurrence="pallas", window=8)
+
+
+def test_a_block_diagonal_cell_solved_with_the_kernel_matches_lax_scan():
+    from flax import nnx
+
+    cell = rnnscan.nn.DiagLSTMCell(2, 3, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    structure = type(cell).jacobian_structure
+    assert structure == rnnscan.BlockDiagonal(2)
+    method = rnnscan.Newton(jacobian=structure, linear_recurrence="pallas")
+    xs = jnp.asarray(np.random.default_rng(5).standard_normal((37, 2)))
+    init = cell.initialize_carry((2,))
+    final, ys = rnnscan.scan(cell, init, xs, method=method, on_failure="raise")
+    ref_final, ref_ys = jax.lax.scan(cell, init, xs)
+    np.testing.assert_allclose(ys, ref_ys, rtol=1e-10, atol=1e-12)
+    for got, expected in zip(
+        jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(ref_final)
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
