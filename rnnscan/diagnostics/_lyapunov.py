@@ -470,20 +470,19 @@ def dyadic_growth(
     Js = traj.jacobians if jacobians is None else jacobians
     levels = range(T.bit_length())  # j = 0 .. floor(log2 T)
     if isinstance(structure, Diagonal):
-        sums = jnp.log(jnp.maximum(jnp.abs(Js), jnp.finfo(Js.dtype).tiny))
-        G = [jnp.max(sums)]
+        logs = jnp.log(jnp.maximum(jnp.abs(Js), jnp.finfo(Js.dtype).tiny))
+        sums, G = logs, [jnp.max(logs)]
         for _ in levels[1:]:  # the windows of the next level: sums over adjacent pairs
             pairs = sums.shape[0] // 2
             sums = sums[0 : 2 * pairs : 2] + sums[1 : 2 * pairs : 2]
             G.append(jnp.max(sums))
-        whole = jnp.sum(jnp.log(jnp.maximum(jnp.abs(Js), jnp.finfo(Js.dtype).tiny)), axis=0)
-        return jnp.stack(G), jnp.max(whole)
+        return jnp.stack(G), jnp.max(jnp.sum(logs, axis=0))
     compute_dtype = jnp.float32 if Js.dtype == jnp.float64 else None
     products, scales = dyadic_products(structure, Js, whole=True, compute_dtype=compute_dtype)
     picked, picked_scales = [], []
     for j in levels:
         P, s = products[j][: T >> j], scales[j][: T >> j]
-        if not isinstance(structure, Diagonal) and P.shape[0] > candidates:
+        if P.shape[0] > candidates:
             axes = tuple(range(1, P.ndim))
             frobenius = 0.5 * jnp.log(jnp.sum(P * P, axis=axes))
             top = jax.lax.top_k(s + frobenius, candidates)[1]

@@ -385,7 +385,8 @@ def parallelizability(
              for j in range(floor(log2(T)) + 1)]
         lle = log(norm(prod(J), 2)) / T
         S = sum(exp(interpolate(G, k)) for k in range(T + 1))
-        N = min(4 + 0.75 * sqrt(S), T + 1) if log(S) <= 6.05 else inf
+        a0 = max(0, max(G computed the same way from J at c_t = F(c_0, x_t)))
+        N = min(4 + 0.75 * sqrt(S), T + 1) if log(S) <= 6.05 and a0 <= log(1e8) else inf
 
     Arguments:
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"`` or an
