@@ -4,6 +4,7 @@ from . import diagnostics as diagnostics
 from . import nn as nn
 from . import ode as ode
 from ._methods import ELK as ELK
+from ._methods import METHOD_NAMES as METHOD_NAMES
 from ._methods import FixedPoint as FixedPoint
 from ._methods import Method as Method
 from ._methods import Newton as Newton
@@ -11,6 +12,7 @@ from ._methods import QuasiELK as QuasiELK
 from ._methods import QuasiNewton as QuasiNewton
 from ._methods import Sequential as Sequential
 from ._methods import default_tolerances as default_tolerances
+from ._methods import method_class as method_class
 from ._scan import scan as scan
 from ._scan import solve as solve
 from ._sharded_scan import sharded_scan as sharded_scan

@@ -27,7 +27,10 @@ def default_tolerances(dtype) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """Base class of the solvers."""
+    """Base class of the solvers. ``name`` is the string that selects a solver class
+    (``method="newton"``); subclasses without one are not selectable by name."""
+
+    name = None
 
     def resolved(self, dtype, length: int) -> "Method":
         return self
@@ -36,6 +39,8 @@ class Method:
 @dataclasses.dataclass(frozen=True)
 class Sequential(Method):
     """Plain ``jax.lax.scan``: the reference, O(T) depth."""
+
+    name = "sequential"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +162,8 @@ class Newton(_Iterative):
             no loop, no convergence test, 1 iteration reported.
     """
 
+    name = "newton"
+
     carry_linear: bool = False
 
 
@@ -175,6 +182,8 @@ class QuasiNewton(_Iterative):
     contractive cells if the stopping tolerance must bound the error.
     """
 
+    name = "quasi_newton"
+
     default_max_steps = 200
     diagonal_only = True
 
@@ -188,6 +197,8 @@ class FixedPoint(_Iterative):
     :class:`QuasiNewton`, convergence is linear, so the error can exceed the last update by a
     factor of about rho / (1 - rho) for a contraction factor rho.
     """
+
+    name = "fixed_point"
 
     default_max_steps = 1000
 
@@ -215,6 +226,8 @@ class ELK(_Iterative):
     tolerance. Default cap: 100 iterations (rejected steps count).
     """
 
+    name = "elk"
+
     damping: float = 1e-3
     adaptive: bool = True
 
@@ -235,6 +248,8 @@ class QuasiELK(ELK):
     Kalman filter and smoother are elementwise: O(T n) memory and work per iteration. The
     gradient still uses the declared exact ``jacobian``."""
 
+    name = "quasi_elk"
+
     diagonal_only = True
 
 
@@ -242,13 +257,9 @@ for _cls in (Newton, QuasiNewton, FixedPoint, ELK, QuasiELK):
     _cls.__doc__ += _COMMON_OPTIONS
 
 _BY_NAME = {
-    "sequential": Sequential,
-    "newton": Newton,
-    "quasi_newton": QuasiNewton,
-    "fixed_point": FixedPoint,
-    "elk": ELK,
-    "quasi_elk": QuasiELK,
+    cls.name: cls for cls in (Sequential, Newton, QuasiNewton, FixedPoint, ELK, QuasiELK)
 }
+METHOD_NAMES = tuple(_BY_NAME)
 
 
 def method_class(name: str) -> type[Method]:
