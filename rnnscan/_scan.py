@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 
+from ._closure import closure_convert
 from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
 from ._growth import declared_structure, largest_exponent
-from ._methods import Method, Sequential, SplitSequential, as_method
+from ._methods import Method, as_method
 from ._solution import RESULTS, Solution
 from ._solve import ON_FAILURE, solve_carries
 from ._timeline import WHOLE, Timeline
@@ -186,7 +186,7 @@ def solve(
         xs = _flip(xs)
         guess = None if guess is None else _flip(guess)
 
-    if isinstance(method, Sequential) or T == 0:
+    if method.exact or T == 0:
         sol = _sequential_solution(f, init, xs, T, unroll)
     else:
         sol = _parallel_solution(f, init, xs, T, method, on_failure, guess)
@@ -216,8 +216,7 @@ def _split_solution(f, init, xs, T, reverse, method, on_failure, guess, axis_nam
     timeline = Timeline(axis_name, reverse=reverse)
     if T == 0:
         return _split_sequential_solution(f, init, xs, T, timeline)
-    if isinstance(method, Sequential):
-        method = SplitSequential(jacobian=declared_structure(f))
+    method = method.on_split_time(declared_structure(f))
     return _parallel_solution(f, init, xs, T, method, on_failure, guess, timeline)
 
 
@@ -253,7 +252,7 @@ def _parallel_solution(
         return flatten(f(unflatten(c), x)[0])
 
     x_first = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
-    F_converted, consts = _closure_convert(F, c0, x_first, timeline.varying)
+    F_converted, consts = closure_convert(F, c0, x_first, timeline.varying)
     if guess is not None:
         guess = jax.lax.stop_gradient(_flatten_guess(guess, init, flatten, T))
 
@@ -272,34 +271,6 @@ def _parallel_solution(
         result=result,
         fell_back=fell_back,
     )
-
-
-def _closure_convert(F, c, x, prepare=lambda tree: tree):
-    """``(F_converted, consts)`` with ``F_converted(c, x, *consts) == F(c, x)``.
-
-    Like ``jax.closure_convert``, but hoists *every* traced value that ``F`` closes over, not
-    only the differentiable ones: the custom VJP and the vmap rule of the fallback must not
-    close over batched tracers (e.g. per-sequence integer lengths under ``vmap``).
-
-    ``prepare`` is applied to ``(c, x)`` before tracing and before every call: a time-split
-    solve marks both device-varying, because a replayed jaxpr does not re-insert the type
-    casts that tracing inserts, so it must be called with the types it was traced with
-    (the replicated ``c0`` and the varying carries would otherwise meet in one jaxpr).
-    """
-    c, x = prepare((c, x))
-    closed = jax.make_jaxpr(F)(c, x)
-    is_traced = [isinstance(const, jax.core.Tracer) for const in closed.consts]
-    traced = [const for const, t in zip(closed.consts, is_traced) if t]
-    fixed = [const for const, t in zip(closed.consts, is_traced) if not t]
-
-    def F_converted(c, x, *traced_values):
-        c, x = prepare((c, x))
-        traced_iter, fixed_iter = iter(traced_values), iter(fixed)
-        consts = [next(traced_iter) if t else next(fixed_iter) for t in is_traced]
-        run = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(closed.jaxpr, consts))
-        return run(*jax.tree_util.tree_leaves((c, x)))[0]
-
-    return F_converted, traced
 
 
 def _flatten_guess(guess, init, flatten, T):

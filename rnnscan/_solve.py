@@ -1,5 +1,5 @@
-"""The solve of the carries: the parallel iteration, what happens when it fails, and its
-derivatives (implicit, as a ``jax.custom_jvp``).
+"""The solve of the carries of a recurrence (``rnnscan._methods.solve``) with its derivatives
+(implicit, as a ``jax.custom_jvp``).
 
 Everything here works on flat real carries ``c`` of size n (see ``_flatten.py``) and a step
 function ``F(c_prev, x, *consts) -> c`` whose closed-over arrays have been made explicit
@@ -11,19 +11,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._damped import damped_carries
-from ._fallback import lazy_cond
 from ._implicit import tangent_carries
-from ._iterate import parallel_carries, sequential_carries
-from ._methods import ELK, Method, SplitSequential
-from ._solution import RESULTS
+from ._methods import Method, solve
+from ._problem import Recurrence
 from ._timeline import Timeline
-from ._window import windowed_carries
 
 ON_FAILURE = ("fallback", "raise", "return")
 
@@ -47,33 +42,7 @@ def solve_carries(
     ``consts`` by implicit differentiation (``_implicit.py``); ``guess`` is a warm start and
     has no derivative. ``timeline`` says whether time is split across devices.
     """
-    c, iterations, residual, result = _iterate(F, method, timeline, length, c0, xs, consts, guess)
-    failed = result != RESULTS.successful
-    if on_failure == "fallback":
-        c = lazy_cond(
-            failed,
-            lambda ops: sequential_carries(F, timeline, length, *ops[:-1]),
-            lambda ops: ops[-1],
-            (c0, xs, consts, c),
-        )
-        fell_back = failed
-    else:
-        fell_back = jnp.array(False)
-        if on_failure == "raise":
-            c = eqx.branched_error_if(c, failed, result, RESULTS.messages())
-    return c, (iterations, residual, result, fell_back)
-
-
-def _iterate(F, method, timeline, length, c0, xs, consts, guess):
-    if isinstance(method, SplitSequential):
-        c = sequential_carries(F, timeline, length, c0, xs, consts)
-        zero = jnp.zeros((), c.dtype)
-        return c, jnp.array(0, jnp.int32), zero, jnp.array(RESULTS.successful, jnp.int32)
-    if isinstance(method, ELK):
-        return damped_carries(F, method, timeline, length, c0, xs, consts, guess)
-    if method.window is not None:
-        return windowed_carries(F, method, timeline, length, c0, xs, consts, guess)
-    return parallel_carries(F, method, timeline, length, c0, xs, consts, guess)
+    return solve(method, Recurrence(F, timeline, length, c0, xs, consts), on_failure, guess)
 
 
 def _zero_tangent(x):

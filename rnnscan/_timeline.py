@@ -1,6 +1,6 @@
 """How the solver sees the time axis: whole on one device, or split over a mesh axis.
 
-The iteration (``_iterate.py``), the tangent solve (``_implicit.py``) and the outputs
+The iterations (``_methods``), the tangent solve (``_implicit.py``) and the outputs
 (``_scan.py``) touch the time axis only through a :class:`Timeline`: shifting carries by
 one step, solving linear recurrences, reducing flags over all steps, and the sequential
 fallback. With ``axis_name=None`` these are the one-device operations; with the name of a

@@ -133,7 +133,7 @@ def test_nan_input_is_still_reported_as_nonfinite():
     f, params, init, xs = _tanh_problem(0.9, 200)
     xs = xs.at[40, 1].set(jnp.nan)
     step = bind(f, params)
-    # Fixed point shares Newton's loop (rnnscan/_iterate.py); ELK and windows have their own.
+    # Every method runs through the one loop of rnnscan/_methods/_loop.py.
     for method in ["newton", "elk", rnnscan.Newton(window=64)]:
         # The fallback keeps the parallel solve's result code, so one program checks both.
         fallback = _solve(step, init, xs, method)

@@ -139,7 +139,7 @@ def trajectory(
     Js = jacobians(flat)
     finite = jnp.logical_and(jnp.all(jnp.isfinite(flat)), jnp.all(jnp.isfinite(Js)))
     guess_Js = None
-    if at_guess:  # as _iterate.first_guess (without a warm start)
+    if at_guess:  # as Recurrence.first_guess (without a warm start)
         if no_inputs:
             guess = jnp.broadcast_to(F(c0, xs), (T,) + c0.shape)
         else:

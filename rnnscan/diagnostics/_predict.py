@@ -13,7 +13,7 @@ from jaxtyping import Array, Bool, Float
 
 from .._flatten import carry_dtype, sequence_length
 from .._growth import declared_structure
-from .._methods import FixedPoint, Method, Newton, QuasiNewton, as_method
+from .._methods import Method, Newton, as_method
 from .._stopping import DIVERGENCE_FACTOR
 from .._structure import Diagonal, Structure
 from ._lyapunov import (
@@ -170,8 +170,12 @@ def predict_iterations(
 ) -> jax.Array:
     """Predicted iterations of the resolved ``method`` on T steps; inf when it is not
     expected to converge within its cap (see :func:`parallelizability`)."""
-    diagonal_newton = isinstance(method, QuasiNewton) and isinstance(structure, Diagonal)
-    if isinstance(method, Newton) or diagonal_newton:
+    # Newton's model wherever the iteration uses the exact Jacobian (quasi-Newton on a
+    # diagonal one is Newton); the linear-convergence model for the diagonal approximation
+    # and for the fixed point (no Jacobian).
+    fixed_point = method.forward_structure is None
+    approximate = fixed_point or (method.diagonal_only and not isinstance(structure, Diagonal))
+    if not approximate:
         n_iter = NEWTON_BASE + NEWTON_SCALE * jnp.exp(NEWTON_POWER * log_sensitivity)
         converges = jnp.logical_and(
             log_sensitivity <= NEWTON_MAX_LOG_SENSITIVITY,
@@ -181,18 +185,13 @@ def predict_iterations(
     else:
         tol = method.atol + method.rtol  # the stopping test for carries of scale ~1
         k = _crossing(growth, jnp.log(tol / FIXED_POINT_E0), T)
-        limit = (
-            QUASI_NEWTON_MAX_AMPLIFICATION
-            if isinstance(method, QuasiNewton)
-            else FIXED_POINT_MAX_AMPLIFICATION
-        )
+        limit = FIXED_POINT_MAX_AMPLIFICATION if fixed_point else QUASI_NEWTON_MAX_AMPLIFICATION
         n_iter = jnp.where(amplification <= limit, k + 1.0, jnp.inf)
     n_iter = jnp.minimum(n_iter, T + 1.0)  # Newton's exact prefix: T + 1 always suffice
     return jnp.where(n_iter <= method.max_steps, n_iter, jnp.inf)
 
 
-_SUPPORTED = (Newton, QuasiNewton, FixedPoint)
-_NAMES = {Newton: "newton", QuasiNewton: "quasi_newton", FixedPoint: "fixed_point"}
+_SUPPORTED = ("newton", "quasi_newton", "fixed_point")
 # Assumption for the GPU break-even (not measured here: no GPU was available): one parallel
 # iteration over T steps costs about as much as this many sequential steps (small n).
 GPU_STEPS_PER_ITERATION = 250.0
@@ -304,10 +303,10 @@ def _check_method(method) -> Method:
         "parallelizability: method must be 'newton', 'quasi_newton', 'fixed_point' or an "
         f"rnnscan.Newton / QuasiNewton / FixedPoint object; got {method!r}"
     )
-    if isinstance(method, str) and method not in ("newton", "quasi_newton", "fixed_point"):
+    if isinstance(method, str) and method not in _SUPPORTED:
         raise ValueError(message)
     method = as_method(method)
-    if type(method) not in _SUPPORTED:
+    if method.name not in _SUPPORTED:
         raise ValueError(message)
     return method
 
@@ -434,7 +433,7 @@ def parallelizability(
         log_sensitivity=feat.log_sensitivity,
         guess_amplification=feat.guess_amplification,
         growth=feat.growth,
-        method=_NAMES[type(method)],
+        method=method.name,
         max_steps=int(resolved.max_steps),
         length=T,
         structure=structure,

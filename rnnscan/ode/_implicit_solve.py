@@ -16,10 +16,13 @@ N_k = dG_k/dy_k:
 
 a linear recurrence solved by the same parallel associative scan as a DEER step
 (``rnnscan._linear_recurrence``): O(log K) depth, K small n x n solves per iteration, all in
-parallel. The quasi-Newton variant keeps diag(P_k) and diag(N_k) (elementwise); fixed point
-takes A_k = 0 and N_k = I (Picard sweeps, y_k <- y_k - G_k). Unlike an explicit recurrence,
-step 1 is itself a nonlinear equation, so the "one more step exact per iteration" bound does
-not hold: the cap is the method's ``max_steps`` and the give-up rules always apply.
+parallel. :class:`ImplicitSteps` poses it to the solvers of ``rnnscan._methods`` exactly as
+an explicit recurrence is posed (``rnnscan._problem``), so the same loop runs every method on
+it: the quasi-Newton variant keeps diag(P_k) and diag(N_k) (elementwise); fixed point takes
+A_k = 0 and N_k = I (Picard sweeps, y_k <- y_k - G_k); ELK damps the Newton step. Unlike an
+explicit recurrence, step 1 is itself a nonlinear equation, so the "one more step exact per
+iteration" bound does not hold: the cap is the method's ``max_steps`` and the give-up rules
+always apply.
 
 Failure: the sequential fallback runs the steps one after the other, each solved by a dense
 Newton iteration from the previous value (``sequential_steps``), which is also what
@@ -41,17 +44,18 @@ approximate.)
 
 from __future__ import annotations
 
-import equinox as eqx
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from .._fallback import lazy_cond
+from .._closure import closure_convert
 from .._linear_recurrence import linear_recurrence
-from .._methods import FixedPoint, Method, Newton, Sequential, default_tolerances
-from .._scan import _closure_convert
+from .._methods import FixedPoint, Method, Newton, solve
 from .._scan import solve as _solve
-from .._solution import RESULTS
-from .._stopping import carry_scale, observe, start
 from .._structure import Dense, Diagonal, Structure
 from .._timeline import WHOLE
 
@@ -61,14 +65,6 @@ SEQUENTIAL_NEWTON_STEPS = 50
 
 def _shift(c0, c):
     return jnp.concatenate([c0[None], c[:-1]], axis=0)
-
-
-def _options(method: Method, dtype):
-    rtol, atol = default_tolerances(dtype)
-    rtol = rtol if method.rtol is None else method.rtol
-    atol = atol if method.atol is None else method.atol
-    cap = method.max_steps if method.max_steps is not None else method.default_max_steps
-    return rtol, atol, cap
 
 
 def _step_jacobian(structure: Structure, fn, c):
@@ -110,65 +106,57 @@ def sequential_steps(G, c0, xs, consts, rtol, atol):
     return jax.lax.scan(one_step, c0, xs)[1]
 
 
-def _parallel(G, method, structure, c0, xs, consts, guess, rtol, atol, cap):
-    """Global Newton (or quasi-Newton / Picard) on all step equations at once.
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["c0", "xs", "consts"],
+    meta_fields=["G", "rtol", "atol"],
+)
+@dataclasses.dataclass(frozen=True)
+class ImplicitSteps:
+    """The step equations G(c_{k-1}, c_k, x_k, *consts) = 0, k = 1..K, c_0 given, as a problem
+    for the solvers (the interface of ``rnnscan._problem.Recurrence``): the update solves
+    delta_k = A_k delta_{k-1} + b_k with A_k = -N_k^{-1} P_k, b_k = -N_k^{-1} G_k (fixed
+    point: b_k = -G_k). ``rtol`` / ``atol``: the per-step Newton of :meth:`sequential`."""
 
-    Returns ``(c, iterations, residual, result)``."""
-    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    c = jnp.broadcast_to(c0, (T,) + c0.shape) if guess is None else guess
-    fixed_point = isinstance(method, FixedPoint)
-    forward_structure = Diagonal() if method.diagonal_only else structure
-    scale = carry_scale(c0, c, WHOLE)
+    G: Callable
+    c0: Any
+    xs: Any
+    consts: Any
+    rtol: float
+    atol: float
 
-    def update(c):
-        c_prev = _shift(c0, c)
+    timeline = WHOLE
+    exact_prefix = False
+
+    @property
+    def length(self) -> int:
+        return jax.tree_util.tree_leaves(self.xs)[0].shape[0]
+
+    def first_guess(self, guess):
+        if guess is not None:
+            return guess
+        return jnp.broadcast_to(self.c0, (self.length,) + self.c0.shape)
+
+    def residual(self, c):
+        g = lambda cp, cc, x: self.G(cp, cc, x, *self.consts)
+        return -jax.vmap(g)(_shift(self.c0, c), c, self.xs)
+
+    def linearise(self, c, jacobian: Structure, diagonal_only: bool):
+        structure = Diagonal() if diagonal_only else jacobian
 
         def at_step(cp, cc, x):
-            g = G(cp, cc, x, *consts)
-            if fixed_point:
-                return -g
-            P = _step_jacobian(forward_structure, lambda v: G(v, cc, x, *consts), cp)
-            N = _step_jacobian(forward_structure, lambda v: G(cp, v, x, *consts), cc)
-            return -_apply_inverse(forward_structure, N, P), -_apply_inverse(
-                forward_structure, N, g
-            )
+            G = lambda a, b: self.G(a, b, x, *self.consts)
+            P = _step_jacobian(structure, lambda v: G(v, cc), cp)
+            N = _step_jacobian(structure, lambda v: G(cp, v), cc)
+            return -_apply_inverse(structure, N, P), -_apply_inverse(structure, N, G(cp, cc))
 
-        if fixed_point:
-            return jax.vmap(at_step)(c_prev, c, xs)
-        A, b = jax.vmap(at_step)(c_prev, c, xs)
-        return linear_recurrence(A, b, forward_structure)
+        return jax.vmap(at_step)(_shift(self.c0, c), c, self.xs)
 
-    def cond(state):
-        k, _, _, done, _, _ = state
-        return (k < cap) & ~done
+    def linear_solve(self, A, b, structure: Structure):
+        return linear_recurrence(A, b, structure)
 
-    def body(state):
-        k, c, _, _, progress, _ = state
-        delta = update(c)
-        finite = jnp.isfinite(delta)
-        new_c = jnp.where(finite, c + delta, c)
-        converged = jnp.all(finite & (jnp.abs(delta) <= atol + rtol * jnp.abs(new_c)))
-        residual = jnp.max(jnp.where(finite, jnp.abs(delta), 0))
-        progress, verdict = observe(progress, residual, jnp.all(finite), scale)
-        gave_up = method.give_up & (verdict != RESULTS.successful)
-        result = jnp.where(
-            converged,
-            RESULTS.successful,
-            jnp.where(gave_up, verdict, RESULTS.max_steps_reached),
-        ).astype(jnp.int32)
-        return k + 1, new_c, residual, converged | gave_up, progress, result
-
-    dtype = c.dtype
-    state = (
-        jnp.array(0, jnp.int32),
-        c,
-        jnp.array(jnp.inf, dtype),
-        jnp.array(False),
-        start(dtype),
-        jnp.array(RESULTS.max_steps_reached, jnp.int32),
-    )
-    k, c, residual, _, _, result = jax.lax.while_loop(cond, body, state)
-    return c, k, residual, result
+    def sequential(self):
+        return sequential_steps(self.G, self.c0, self.xs, self.consts, self.rtol, self.atol)
 
 
 def implicit_solve(G, method: Method, on_failure: str, c0, xs, guess):
@@ -178,46 +166,31 @@ def implicit_solve(G, method: Method, on_failure: str, c0, xs, guess):
     Returns ``(carries, iterations, residual, result, fell_back)``."""
     x_first = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
     G_pair = lambda cp, pair: G(cp, pair[0], pair[1])
-    G_converted, consts = _closure_convert(G_pair, c0, (c0, x_first))
+    G_converted, consts = closure_convert(G_pair, c0, (c0, x_first))
     G_flat = lambda cp, c, x, *k: G_converted(cp, (c, x), *k)
 
-    rtol, atol, cap = _options(method if not isinstance(method, Sequential) else Newton(), c0.dtype)
+    K = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    # The steps' own Newton (sequential, and the fallback) uses the method's tolerances, or
+    # Newton's for the exact method.
+    tolerances = method if hasattr(method, "rtol") else Newton()
+    tolerances = tolerances.resolved(c0.dtype, K, exact_prefix=False)
+    rtol, atol = tolerances.rtol, tolerances.atol
     structure = getattr(method, "jacobian", Dense())
     if not isinstance(structure, Diagonal):
         structure = Dense()
+    if hasattr(method, "jacobian"):
+        method = dataclasses.replace(method, jacobian=structure)
+    method = method.resolved(c0.dtype, K, exact_prefix=False)
     sg = jax.lax.stop_gradient
-    c0_s, xs_s, consts_s = sg(c0), sg(xs), [sg(k) for k in consts]
+    problem = ImplicitSteps(G_flat, sg(c0), sg(xs), [sg(k) for k in consts], rtol, atol)
     guess = None if guess is None else sg(guess)
-
-    if isinstance(method, Sequential):
-        c = sequential_steps(G_flat, c0_s, xs_s, consts_s, rtol, atol)
-        iterations = jnp.array(0, jnp.int32)
-        residual = jnp.zeros((), c0.dtype)
-        result = jnp.array(RESULTS.successful, jnp.int32)
-        fell_back = jnp.array(False)
-    else:
-        c, iterations, residual, result = _parallel(
-            G_flat, method, structure, c0_s, xs_s, consts_s, guess, rtol, atol, cap
-        )
-        failed = result != RESULTS.successful
-        if on_failure == "fallback":
-            c = lazy_cond(
-                failed,
-                lambda ops: sequential_steps(G_flat, *ops[:3], rtol, atol),
-                lambda ops: ops[-1],
-                (c0_s, xs_s, consts_s, c),
-            )
-            fell_back = failed
-        else:
-            fell_back = jnp.array(False)
-            if on_failure == "raise":
-                c = eqx.branched_error_if(c, failed, result, RESULTS.messages())
+    c, (iterations, residual, result, fell_back) = solve(method, problem, on_failure, guess)
 
     # The differentiable refinement: Phi_k(y_{k-1}) = y*_k - N*_k^{-1} G_k(y_{k-1}, y*_k).
-    c_prev = _shift(c0_s, c)
+    c_prev = _shift(problem.c0, c)
     N = jax.vmap(
-        lambda cp, cc, x: _step_jacobian(structure, lambda v: G_flat(cp, v, x, *consts_s), cc)
-    )(c_prev, c, xs_s)
+        lambda cp, cc, x: _step_jacobian(structure, lambda v: G_flat(cp, v, x, *problem.consts), cc)
+    )(c_prev, c, problem.xs)
 
     def phi(y_prev, x_aug):
         x, y_star, N_k = x_aug

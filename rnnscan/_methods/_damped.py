@@ -1,0 +1,149 @@
+r"""The damped methods (ELK, quasi-ELK): Levenberg-Marquardt steps inside a trust region.
+
+Iterate on the merit m(c) = 1/2 sum_t ||b_t(c)||^2 of the residuals b_t(c) = F(c_{t-1}, x_t)
+- c_t. From the linearisation at c (A_t, b_t), the step delta minimises the linearised merit
+plus lambda ||delta||^2 (``rnnscan._kalman.damped_linear_recurrence``). The linear model
+predicts the merit 1/2 sum_t ||b_t - (delta_t - A_t delta_{t-1})||^2 after the step; with the
+actual merit after it, rho = (actual decrease) / (predicted decrease) drives lambda (Nocedal &
+Wright, *Numerical Optimization*, ch. 10): a step is accepted when rho > 1e-4, lambda shrinks
+3x when rho > 3/4, grows 2x when rho < 1/4 and 4x on a rejected (or non-finite) step.
+
+Reference loop::
+
+    c, lam = first_guess, damping
+    for k in range(max_steps):
+        delta = argmin sum_t ||delta_t - A_t delta_{t-1} - b_t||^2 + lam ||delta||^2
+        rho = (m(c) - m(c + delta)) / (m(c) - predicted merit)
+        if rho > 1e-4: c = c + delta            # (always, without ``adaptive``)
+        lam = lam * (1/3 if rho > 3/4 else 2 if rho < 1/4 else 1)   # 4 if rejected
+        if accepted and |delta| and |b(c)| within tolerance: break
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from .._kalman import damped_linear_recurrence, linearised_residual
+from .._stopping import DAMPED_PROGRESS
+from ._base import Report
+from ._iterative import _COMMON_OPTIONS, Iterative
+
+_ACCEPT, _GOOD, _POOR = 1e-4, 0.75, 0.25
+_SHRINK, _GROW, _GROW_REJECTED = 1 / 3, 2.0, 4.0
+_DAMPING_RANGE = (1e-12, 1e12)
+
+
+@dataclasses.dataclass(frozen=True)
+class ELK(Iterative):
+    r"""ELK (Gonzalez, Warrington, Smith, Linderman, NeurIPS 2024): Newton with
+    Levenberg-Marquardt damping, for recurrences on which plain Newton diverges.
+
+    Each iteration minimises the linearised merit plus a damping term,
+
+        sum_t || delta_t - J_t delta_{t-1} - r_t ||^2 + lambda sum_t || delta_t ||^2,
+        r_t = F(c_{t-1}, x_t) - c_t,
+
+    solved exactly as a linear-Gaussian smoothing problem by a parallel Kalman filter and
+    smoother (Särkkä & García-Fernández, 2021; ``_kalman.py``): O(log T) depth, O(T n^3) work
+    for dense Jacobians. lambda -> 0 is a Newton (DEER) step; a large lambda takes a short
+    step along the gradient of the merit 1/2 sum_t ||r_t||^2.
+
+    With ``adaptive`` (default) the damping is a trust region: a step is accepted only if it
+    lowers the merit; lambda shrinks 3x after a step that did at least 3/4 of the decrease
+    the linear model predicted, grows 2x after one that did less than 1/4, and 4x after a
+    rejected step. Without it, every finite step is taken with the fixed ``damping``, as in
+    the paper. Converged when an accepted step and the residual after it are both within
+    tolerance. Default cap: 100 iterations (rejected steps count).
+    """
+
+    name: ClassVar[str] = "elk"
+
+    damping: float = 1e-3
+    adaptive: bool = True
+
+    default_max_steps: ClassVar[int] = 100
+    exact_prefix: ClassVar[bool] = False
+    # The root merit falls monotonically over accepted steps, so "a new smallest value" alone
+    # would never stall: progress is halving it (see rnnscan._stopping).
+    progress_factor: ClassVar[float] = DAMPED_PROGRESS
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.damping >= 0:
+            raise ValueError(f"{type(self).__name__}: damping must be >= 0, got {self.damping!r}")
+        if self.window is not None:
+            raise ValueError(f"{type(self).__name__}: window= is not supported (yet)")
+
+    def _model(self, problem, c):
+        """The linearisation at c, its residual, merit and whether all of it is finite."""
+        J, r = problem.linearise(c, self.jacobian, self.diagonal_only)
+        finite = jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(J))
+        merit = 0.5 * jnp.sum(jnp.where(jnp.isfinite(r), r, 0) ** 2)
+        return J, r, jnp.where(finite, merit, jnp.inf), finite
+
+    def init(self, problem, c):
+        if problem.timeline.split:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not split time across devices yet (its Kalman "
+                "smoother is a one-device scan); use newton or quasi_newton with axis_name"
+            )
+        J, r, merit, finite = self._model(problem, c)
+        # A non-finite first residual is NaN in the inputs or parameters.
+        return (c, J, r, merit, jnp.array(self.damping, c.dtype)), ~finite
+
+    def step(self, problem, state, k):
+        c, J, r, merit, damping = state
+        structure = self.forward_structure
+        delta = damped_linear_recurrence(J, r, damping, structure)
+        predicted = 0.5 * jnp.sum(linearised_residual(J, r, delta, structure) ** 2)
+        new_J, new_r, new_merit, new_finite = self._model(problem, c + delta)
+        rho = (merit - new_merit) / jnp.maximum(merit - predicted, jnp.finfo(c.dtype).tiny)
+        if self.adaptive:
+            accept = new_finite & (rho > _ACCEPT)
+            factor = jnp.where(
+                accept,
+                jnp.where(rho > _GOOD, _SHRINK, jnp.where(rho < _POOR, _GROW, 1.0)),
+                _GROW_REJECTED,
+            )
+            damping = jnp.clip(damping * factor, *_DAMPING_RANGE)
+        else:
+            accept = new_finite
+        c, J, r, merit = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(accept, new, old),
+            (c + delta, new_J, new_r, new_merit),
+            (c, J, r, merit),
+        )
+        tolerance = self.atol + self.rtol * jnp.abs(c)
+        converged = accept & jnp.all(jnp.abs(delta) <= tolerance) & jnp.all(jnp.abs(r) <= tolerance)
+        report = Report(
+            measure=jnp.sqrt(2 * merit),
+            finite=jnp.array(True),
+            residual=jnp.max(jnp.abs(r)),
+            converged=converged,
+            nonfinite=jnp.array(False),
+        )
+        return (c, J, r, merit, damping), report
+
+    def carries(self, problem, state):
+        return state[0]
+
+    def input_nonfinite(self, problem, state):
+        return jnp.array(False)  # judged once, on the first residual (``init``)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuasiELK(ELK):
+    r"""Quasi-ELK (Gonzalez et al., NeurIPS 2024): :class:`ELK` with diag(J_t) only, so the
+    Kalman filter and smoother are elementwise: O(T n) memory and work per iteration. The
+    gradient still uses the declared exact ``jacobian``."""
+
+    name: ClassVar[str] = "quasi_elk"
+    diagonal_only: ClassVar[bool] = True
+
+
+for _cls in (ELK, QuasiELK):
+    _cls.__doc__ += _COMMON_OPTIONS
