@@ -105,7 +105,7 @@ class RNN(nnx.Module):
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
             ``"sequential"``, an rnnscan method object (used as given), or ``"auto"`` /
             :class:`rnnscan.nn.Auto` (the parallel method or ``lax.scan``, whichever the
-            layer's ``parallel_active`` flag says; :class:`rnnscan.nn.MethodSelector` sets
+            layer's ``parallel_active`` flag says; :class:`rnnscan.train.MethodSelector` sets
             it from measurements).
         time_major: inputs are ``(time, *batch, features)`` rather than
             ``(*batch, time, features)``.

@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 from rnnscan.data import Dataset
-from rnnscan.nn import MethodSelector, auto_layers, set_methods
+from rnnscan.nn import auto_layers, set_methods
 
 from ._buckets import BatchPlan
 from ._checkpoint import Checkpointer
@@ -47,6 +47,7 @@ from ._devices import device_layout
 from ._metrics import MetricsLog, environment, read_metrics, step_time_stats
 from ._plot import method_letters, plot_curves
 from ._precompile import BackgroundCompiler, StepTimings, abstract
+from ._selector import MethodSelector
 from ._steps import TrainState, build_model, compiled_steps, count_params
 from ._warmup import warmup_record
 
