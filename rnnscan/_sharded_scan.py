@@ -15,10 +15,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._flatten import sequence_length
+from ._masked import masked_step
 from ._methods import Method
 from ._scan import solve
 from ._solution import Solution
-from ._structure import Dense
 
 Carry = Any
 PyTree = Any
@@ -47,26 +47,6 @@ def _pad_time(tree, pad: int, time_axis: int):
     return jax.tree_util.tree_map(edge, tree)
 
 
-def _identity_when_padded(f):
-    """The step on ``(x, valid)``: ``f`` on real steps; on padded steps the carry is kept.
-
-    A kept carry is an identity step: its Jacobian is the identity (exact in every
-    structure, affine), it is exact as soon as the step before it is, and its update equals
-    the one before it, so the padded steps change neither the iteration count, nor the
-    convergence test, nor the carries of the real steps, and the last carry of the padded
-    sequence is that of the real one (with ``reverse`` they come first and keep ``init``).
-    """
-
-    def step(carry, x_and_valid):
-        x, valid = x_and_valid
-        new_carry, y = f(carry, x)
-        new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
-        return new_carry, y
-
-    step.jacobian_structure = getattr(f, "jacobian_structure", Dense())
-    return step
-
-
 def _place(tree, mesh: Mesh, spec: P):
     """Ask for ``tree`` to be laid out as ``spec`` on ``mesh`` (time blocks, and the batch
     over its axis): a sharding constraint on a mesh with Auto axes (``jax.sharding.Mesh``'s
@@ -90,6 +70,7 @@ def sharded_solve(
     mesh: Mesh,
     axis: str,
     batch_axis: str | None = None,
+    batched: bool = False,
     method: str | Method = "newton",
     on_failure: Literal["fallback", "raise", "return"] = "fallback",
     guess: Carry | None = None,
@@ -107,8 +88,10 @@ def sharded_solve(
     ``batch_axis``: ``xs``, ``init`` (and ``guess``) have a leading batch axis of B
     sequences, split over the devices of mesh axis ``batch_axis`` (data parallelism;
     B must be a multiple of their count) and vmapped on each device; the time axis is
-    then axis 1. Every sequence has its own statistics, as under ``jax.vmap``. Without it,
-    ``init`` is one carry (replicated).
+    then axis 1. Every sequence has its own statistics, as under ``jax.vmap``. ``batched``:
+    the same leading batch axis without ``batch_axis``, vmapped whole on every device (what
+    :class:`rnnscan.nn.RNN` does with a mesh but no batch axis). Without either, ``init`` is
+    one carry (replicated).
 
     T not a multiple of D: the sequence is padded at the end to the next multiple with
     copies of its last input on which the step keeps the carry (an identity step). Such
@@ -125,30 +108,9 @@ def sharded_solve(
         ``final_carry`` and the statistics replicated over ``axis``.
 
     Reference: ``rnnscan.solve(f, init, xs, length, reverse, method=..., ...)``, or with
-    ``batch_axis`` ``jax.vmap`` of it over the leading axis.
+    ``batch_axis`` / ``batched`` ``jax.vmap`` of it over the leading axis.
     """
-    return _sharded_solve(
-        f,
-        init,
-        xs,
-        length,
-        reverse,
-        mesh=mesh,
-        axis=axis,
-        batch_axis=batch_axis,
-        batched=batch_axis is not None,
-        method=method,
-        on_failure=on_failure,
-        guess=guess,
-    )
-
-
-def _sharded_solve(
-    f, init, xs, length, reverse, *, mesh, axis, batch_axis, batched, method, on_failure, guess
-) -> Solution:
-    """:func:`sharded_solve`; ``batched`` with ``batch_axis=None``: a leading batch axis
-    that is vmapped on every device without being split (what :class:`rnnscan.nn.RNN` does
-    with a mesh but no batch axis)."""
+    batched = batched or batch_axis is not None
     if axis not in mesh.shape:
         raise ValueError(f"axis {axis!r} is not an axis of the mesh {dict(mesh.shape)}")
     if batch_axis is not None and batch_axis not in mesh.shape:
@@ -182,7 +144,7 @@ def _sharded_solve(
         valid = jnp.arange(T_padded) < T
         if batched:
             valid = jnp.broadcast_to(valid, (B, T_padded))
-        step = _identity_when_padded(f)
+        step = masked_step(f)
         xs_all = (_pad_time(xs, pad, time_axis), valid)
     if guess is not None:
         guess = jax.lax.stop_gradient(_pad_time(guess, pad, time_axis))

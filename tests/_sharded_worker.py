@@ -325,6 +325,12 @@ def check_nn():
         check(f"nn.RNN({name}) on a 2 x 4 mesh: parameter grads", got_grads, want_grads)
         expect(f"nn.RNN({name}) on a 2 x 4 mesh: iterations", jnp.all(got[2] == want[2]))
 
+        def exponents(model, kw=kw):
+            return model(x, return_stats=True, diagnostics=True, **kw)[1].lyapunov
+
+        run = nnx.jit(exponents)
+        check(f"nn.RNN({name}) on a 2 x 4 mesh: Lyapunov exponents", run(split), run(rn.RNN(cell)))
+
 
 def check_train():
     """Short runs of rnnscan.train on 8 devices (8 data-parallel; 2 data x 4 sequence)

@@ -1,5 +1,5 @@
 """``method="auto"``: the run-time switch of :class:`rnnscan.nn.RNN` (against ``lax.scan``),
-the :class:`rnnscan.nn.MethodSelector` decision logic (on simulated step times), and
+the :class:`rnnscan.train.MethodSelector` decision logic (on simulated step times), and
 ``rnnscan.train`` with ``model.method: auto`` (a stalling layer is switched, the trajectory
 is the sequential one, a resumed run keeps the selector's state)."""
 
@@ -15,8 +15,7 @@ from flax import nnx
 from helpers import tree_allclose
 
 import rnnscan.nn as rnn
-from rnnscan.nn import MethodSelector
-from rnnscan.train import TrainConfig, read_metrics, train
+from rnnscan.train import MethodSelector, TrainConfig, read_metrics, train
 
 # ----------------------------------------------------------------------------- the layer
 

@@ -30,6 +30,9 @@ TimeWarpGRUCell    dense                                       Newton
 """
 
 from ._auto import Auto as Auto
+from ._auto_layers import auto_layers as auto_layers
+from ._auto_layers import get_methods as get_methods
+from ._auto_layers import set_methods as set_methods
 from ._base import Cell as Cell
 from ._bistable import BRCCell as BRCCell
 from ._bistable import NBRCCell as NBRCCell
@@ -56,11 +59,6 @@ from ._lstm import LSTMCell as LSTMCell
 from ._second_order import CPRNNCell as CPRNNCell
 from ._second_order import MIRNNCell as MIRNNCell
 from ._second_order import SecondOrderCell as SecondOrderCell
-from ._select import Decision as Decision
-from ._select import MethodSelector as MethodSelector
-from ._select import auto_layers as auto_layers
-from ._select import get_methods as get_methods
-from ._select import set_methods as set_methods
 from ._warp import TimeWarpGRUCell as TimeWarpGRUCell
 from ._warp import TimeWarpLSTMCell as TimeWarpLSTMCell
 from ._warp import WarpParam as WarpParam

@@ -21,7 +21,7 @@ class Auto:
     compiles once per assignment of a model's flags and then switches between compiled
     programs for free; each program contains one method only, so neither pays for the
     other (a run-time ``lax.cond`` would: reverse mode keeps the residuals of both
-    branches). Nothing flips the flag by itself: :class:`rnnscan.nn.MethodSelector`
+    branches). Nothing flips the flag by itself: :class:`rnnscan.train.MethodSelector`
     decides from measured step times (``rnnscan.train`` does so with ``model.method:
     auto``), and :func:`rnnscan.nn.set_methods` applies a decision.
 

@@ -167,7 +167,7 @@ class SequenceClassifier(nnx.Module):
             ``"second_order"``), or a factory ``factory(in_features, hidden_features, *, rngs)``.
         cell_kwargs: extra keyword arguments for the cell (e.g. ``{"rank": 8}``).
         method: the solver for every RNN (default ``"newton"``; see :class:`rnnscan.nn.RNN`);
-            ``"auto"`` lets :class:`rnnscan.nn.MethodSelector` choose per block.
+            ``"auto"`` lets :class:`rnnscan.train.MethodSelector` choose per block.
         on_failure: what a solve that does not converge does (default ``"fallback"``).
         dtype, param_dtype: computation and parameter dtypes (passed to named cells too).
         rngs: the random streams that initialise the parameters.

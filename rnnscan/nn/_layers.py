@@ -14,10 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from .._growth import declared_structure, largest_exponent
+from .._masked import masked_step
 from .._methods import Method, Newton, Sequential, method_class
 from .._scan import solve
-from .._sharded_scan import _sharded_solve
-from .._solution import Outcome
+from .._sharded_scan import sharded_solve
+from .._solution import Outcome, Solution
 from .._structure import Dense
 from ._auto import Auto, as_auto
 
@@ -83,8 +85,9 @@ class RNN(nnx.Module):
     ``carry_linear`` (see :func:`resolve_method`), so ``"newton"`` is the cheapest exact
     Newton method for the cell; cells without the attributes are treated as dense.
 
-    Batches are handled by ``jax.vmap`` over the sequences, so each sequence iterates until it
-    converges and reports its own statistics. The cell's parameters enter the solve as arrays
+    Batches are handled by ``jax.vmap`` over the sequences (or one sharded solve of the batch
+    with a ``mesh``), so each sequence iterates until it converges and reports its own
+    statistics. The cell's parameters enter the solve as arrays
     it closes over, and gradients w.r.t. them (``nnx.grad``) are those of the sequential scan,
     computed by implicit differentiation.
 
@@ -102,7 +105,7 @@ class RNN(nnx.Module):
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``,
             ``"sequential"``, an rnnscan method object (used as given), or ``"auto"`` /
             :class:`rnnscan.nn.Auto` (the parallel method or ``lax.scan``, whichever the
-            layer's ``parallel_active`` flag says; :class:`rnnscan.nn.MethodSelector` sets
+            layer's ``parallel_active`` flag says; :class:`rnnscan.train.MethodSelector` sets
             it from measurements).
         time_major: inputs are ``(time, *batch, features)`` rather than
             ``(*batch, time, features)``.
@@ -201,7 +204,7 @@ class RNN(nnx.Module):
             diagnostics: also estimate each sequence's largest Lyapunov exponent
                 (``SolverStats.lyapunov``; ``rnnscan.solve(..., diagnostics=True)``), in the
                 cell's declared Jacobian structure: about one more Newton iteration's work.
-                Not available with a ``mesh``.
+                With a ``mesh`` too (from the carries the split solve returns).
             guess: a warm start for the parallel solve: carries ``(*batch, time, *carry)``
                 like ``SolverStats.carries``, e.g. of the same sequences under slightly
                 different parameters (the last evaluation's). Not differentiated; the
@@ -217,11 +220,6 @@ class RNN(nnx.Module):
         time_major = self.time_major if time_major is None else time_major
         reverse = self.reverse if reverse is None else reverse
         keep_order = self.keep_order if keep_order is None else keep_order
-        if diagnostics and self.mesh is not None:
-            raise ValueError(
-                "RNN: diagnostics=True is not available with a mesh (the Lyapunov estimate "
-                "runs on one device); call the RNN without mesh to estimate it"
-            )
 
         num_features = self.cell.num_feature_axes
         if inputs.ndim < num_features + 1:
@@ -243,13 +241,15 @@ class RNN(nnx.Module):
                 rngs = rngs.carry.fork()
             initial_carry = self.cell.initialize_carry(batch_shape + feature_shape, rngs)
 
-        # One flat batch axis to vmap over.
+        # One flat batch axis of N sequences, whatever the placement.
         num_sequences = math.prod(batch_shape)
-        inputs = inputs.reshape((num_sequences, length) + feature_shape)
-        initial_carry = jax.tree_util.tree_map(
-            lambda leaf: leaf.reshape((num_sequences,) + leaf.shape[len(batch_shape) :]),
-            initial_carry,
-        )
+
+        def flatten_batch(tree):
+            return jax.tree_util.tree_map(
+                lambda leaf: leaf.reshape((num_sequences,) + leaf.shape[len(batch_shape) :]), tree
+            )
+
+        inputs, initial_carry = flatten_batch(inputs), flatten_batch(initial_carry)
         if seq_lengths is not None:
             seq_lengths = jnp.broadcast_to(jnp.asarray(seq_lengths), batch_shape)
             seq_lengths = seq_lengths.reshape(num_sequences)
@@ -261,66 +261,33 @@ class RNN(nnx.Module):
                         f"expected (*batch, time, *carry) with batch {batch_shape} and "
                         f"time {length} (like SolverStats.carries)"
                     )
-            guess = jax.tree_util.tree_map(
-                lambda leaf: leaf.reshape((num_sequences,) + leaf.shape[len(batch_shape) :]),
-                guess,
-            )
+            guess = flatten_batch(guess)
 
-        graphdef, state = nnx.split(self.cell)
-        on_failure = self.on_failure
+        # A fresh module from the split state: the solve sees a pure step function whose
+        # closed-over parameter arrays it can differentiate.
+        step = nnx.merge(*nnx.split(self.cell))
+        xs = inputs
+        if seq_lengths is not None:
+            step, xs = masked_step(step), (inputs, jnp.arange(length) < seq_lengths[:, None])
+        method = self._current_method()
+        sol = self._solve_batch(step, initial_carry, xs, guess, method, reverse)
 
-        def run_sequence(carry, xs, seq_length, guess, *, method):
-            # A fresh module from the split state: the solve sees a pure step function whose
-            # closed-over parameter arrays it can differentiate.
-            cell = nnx.merge(graphdef, state)
-            if seq_length is None:
-                step, step_inputs = cell, xs
-            else:
-                step, step_inputs = _masked(cell), (xs, jnp.arange(length) < seq_length)
-            sol = solve(
-                step,
-                carry,
-                step_inputs,
-                reverse=reverse,
-                method=method,
-                on_failure=on_failure,
-                guess=guess,
-                diagnostics=diagnostics,
-            )
-            outputs = sol.ys
-            if reverse and not keep_order:
-                outputs = _processing_order(outputs, length, seq_length)
-            lyapunov = sol.lyapunov
-            if diagnostics and seq_length is not None:
-                # Padded steps keep the carry (identity Jacobians, log-norm 0): the product is
-                # that of the valid steps, so average over those.
-                lyapunov = lyapunov * length / jnp.maximum(seq_length, 1)
-            carries = sol.carries if return_carries else None
-            stats = SolverStats(
-                sol.iterations, sol.residual, sol.result, sol.fell_back, lyapunov, carries
-            )
-            return sol.final_carry, outputs, stats
-
-        def run_batch(method):
-            if self.mesh is None:
-                return jax.vmap(functools.partial(run_sequence, method=method))(
-                    initial_carry, inputs, seq_lengths, guess
-                )
-            return self._run_sharded(
-                graphdef,
-                state,
-                method,
-                initial_carry,
-                inputs,
-                seq_lengths,
-                length,
-                reverse,
-                keep_order,
-                guess,
-                return_carries,
-            )
-
-        final_carry, outputs, stats = run_batch(self._current_method())
+        outputs = sol.ys
+        if reverse and not keep_order:
+            in_order = lambda ys, n: _processing_order(ys, length, n)
+            outputs = jax.vmap(in_order)(outputs, seq_lengths)
+        lyapunov = None
+        if diagnostics:
+            exponent = functools.partial(_largest_exponent, step, method, reverse=reverse)
+            lyapunov = jax.vmap(exponent)(initial_carry, xs, sol.carries)
+            if seq_lengths is not None:
+                # Padded steps keep the carry (identity Jacobians, log-norm 0): the product
+                # is that of the valid steps, so average over those.
+                lyapunov = lyapunov * length / jnp.maximum(seq_lengths, 1)
+        carries = sol.carries if return_carries else None
+        stats = SolverStats(
+            sol.iterations, sol.residual, sol.result, sol.fell_back, lyapunov, carries
+        )
 
         def unflatten_batch(leaf, time_axis=False):
             leaf = leaf.reshape(batch_shape + leaf.shape[1:])
@@ -328,7 +295,7 @@ class RNN(nnx.Module):
                 leaf = jnp.moveaxis(leaf, len(batch_shape), 0)
             return leaf
 
-        final_carry = jax.tree_util.tree_map(unflatten_batch, final_carry)
+        final_carry = jax.tree_util.tree_map(unflatten_batch, sol.final_carry)
         outputs = jax.tree_util.tree_map(lambda leaf: unflatten_batch(leaf, True), outputs)
         stats = jax.tree_util.tree_map(unflatten_batch, stats)
         if self.sow_stats:
@@ -345,34 +312,31 @@ class RNN(nnx.Module):
             return resolve_method(self.method, self.cell)
         return resolve_method(auto.parallel, self.cell) if self.parallel_active else Sequential()
 
-    def _run_sharded(
-        self,
-        graphdef,
-        state,
-        method,
-        initial_carry,
-        inputs,
-        seq_lengths,
-        length,
-        reverse,
-        keep_order,
-        guess,
-        return_carries,
-    ):
-        """The batch of sequences in one :func:`rnnscan.sharded_solve`: time split over
-        ``time_axis``, sequences over ``batch_axis`` (or vmapped on every device)."""
-        cell = nnx.merge(graphdef, state)
-        if seq_lengths is None:
-            step, step_inputs = cell, inputs
-        else:
-            step = _masked(cell)
-            step_inputs = (inputs, jnp.arange(length) < seq_lengths[:, None])
-        sol = _sharded_solve(
+    def _solve_batch(self, step, init, xs, guess, method, reverse) -> Solution:
+        """The N sequences (leading axis of ``init``, ``xs``, ``guess``) solved where the layer
+        runs: ``jax.vmap`` of :func:`rnnscan.solve` on one device, or with a mesh one
+        :func:`rnnscan.sharded_solve` (time split over ``time_axis``, the sequences over
+        ``batch_axis`` or vmapped on every device). Either way each sequence iterates until
+        it converges and has its own statistics."""
+        if self.mesh is None:
+
+            def one(init, xs, guess):
+                return solve(
+                    step,
+                    init,
+                    xs,
+                    reverse=reverse,
+                    method=method,
+                    on_failure=self.on_failure,
+                    guess=guess,
+                )
+
+            return jax.vmap(one)(init, xs, guess)
+        return sharded_solve(
             step,
-            initial_carry,
-            step_inputs,
-            None,
-            reverse,
+            init,
+            xs,
+            reverse=reverse,
             mesh=self.mesh,
             axis=self.time_axis,
             batch_axis=self.batch_axis,
@@ -381,31 +345,21 @@ class RNN(nnx.Module):
             on_failure=self.on_failure,
             guess=guess,
         )
-        outputs = sol.ys
-        if reverse and not keep_order:
-            in_order = lambda ys, n: _processing_order(ys, length, n)
-            outputs = jax.vmap(in_order)(outputs, seq_lengths)
-        carries = sol.carries if return_carries else None
-        stats = SolverStats(
-            sol.iterations, sol.residual, sol.result, sol.fell_back, carries=carries
-        )
-        return sol.final_carry, outputs, stats
 
 
-def _masked(cell: Callable) -> Callable:
-    """The step of a padded sequence: the cell's on valid steps; at padded steps the carry is
-    kept (an identity Jacobian, which every structure represents and which is affine) and the
-    output is zero."""
+def _largest_exponent(step, method: Method, init, xs, carries, *, reverse: bool) -> jax.Array:
+    """One sequence's finite-time largest Lyapunov exponent along its solved ``carries``, in
+    the method's Jacobian structure (else the step's declared one), as
+    ``rnnscan.solve(..., diagnostics=True)`` reports it: over the steps in processing
+    order."""
+    if reverse:
+        xs, carries = _flip((xs, carries))
+    structure = getattr(method, "jacobian", None) or declared_structure(step)
+    return largest_exponent(step, init, xs, carries, structure)
 
-    def step(carry, x_and_valid):
-        x, valid = x_and_valid
-        new_carry, y = cell(carry, x)
-        new_carry = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
-        y = jax.tree_util.tree_map(lambda a: jnp.where(valid, a, jnp.zeros_like(a)), y)
-        return new_carry, y
 
-    step.jacobian_structure = getattr(cell, "jacobian_structure", Dense())
-    return step
+def _flip(tree):
+    return jax.tree_util.tree_map(lambda leaf: jnp.flip(leaf, axis=0), tree)
 
 
 def _processing_order(outputs, length: int, seq_length):

@@ -39,6 +39,8 @@ from ._loop import cross_validate as cross_validate
 from ._loop import train as train
 from ._metrics import read_metrics as read_metrics
 from ._plot import plot_curves as plot_curves
+from ._selector import Decision as Decision
+from ._selector import MethodSelector as MethodSelector
 from ._warmup import WarmupResult as WarmupResult
 from ._warmup import attractor_stats as attractor_stats
 from ._warmup import count_attractors as count_attractors
@@ -51,7 +53,9 @@ __all__ = [
     "ConfigError",
     "CrossValidationResult",
     "DataConfig",
+    "Decision",
     "LoopConfig",
+    "MethodSelector",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",

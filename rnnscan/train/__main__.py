@@ -242,10 +242,11 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list
         return 0
 
     _initialize_hosts(args)
-    from ._loop import _resolve_out_dir, cross_validate, train
+    from ._checkpoint import resolve_out_dir
+    from ._loop import cross_validate, train
 
     cv = config.data.cv_folds > 2 and config.data.cv_fold is None
-    out_dir = _resolve_out_dir(config, suffix="-cv" if cv else "")
+    out_dir = resolve_out_dir(config, suffix="-cv" if cv else "")
     config = apply_overrides(config, {"out_dir": str(out_dir)})
     try:
         if cv:

@@ -10,23 +10,102 @@ Each checkpoint ``checkpoints/<step>/`` holds three items:
     checkpoint so that the best model and the bookkeeping about it never disagree
     after a crash);
 ``meta``
-    JSON: the loop position (step, epoch, batch within the epoch), early-stopping
-    state (best accuracy / loss / step, evaluations without improvement), the
-    seed and the accumulated wall time.
+    JSON: the :class:`LoopState`, the loop position (step, epoch, batch within the
+    epoch), early-stopping state (best accuracy / loss / step, evaluations without
+    improvement), the seed, the accumulated wall time and the method selector's state.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
-so a process killed mid-write leaves the previous checkpoint as the latest one.
+so a process killed mid-write leaves the previous checkpoint as the latest one. A run
+directory's checkpoints are resumed only by a configuration that computes the same thing
+(:func:`prepare_run_dir`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer"]
+from ._config import ConfigError, TrainConfig, config_diff, load_config
+
+__all__ = ["RESUMABLE_CHANGES", "Checkpointer", "LoopState", "prepare_run_dir", "resolve_out_dir"]
+
+#: Keys that may change when a run is resumed (they do not change what is computed,
+#: except that a longer run with a decaying schedule decays more slowly).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "name",
+        "out_dir",
+        "train.epochs",
+        "train.max_steps",
+        "train.patience",
+        "train.progress",
+        "train.eval_batch_size",
+        "checkpoint.enabled",
+        "checkpoint.every_steps",
+        "checkpoint.max_to_keep",
+        "data.data_dir",
+        "data.cache_dir",
+        "data.download",
+    }
+)
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Loop position and early-stopping state: the ``meta`` item of a checkpoint."""
+
+    seed: int
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of the current epoch already done
+    best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    best_epoch: int | None = None
+    evals_since_improvement: int = 0
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+    selector: dict[str, Any] | None = None  # MethodSelector.state_dict() (method: auto)
+    warned_parallel: bool = False  # the once-per-run warning that parallel stopped paying
+
+    def to_meta(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> LoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
+
+
+def resolve_out_dir(config: TrainConfig, suffix: str = "") -> Path:
+    """``config.out_dir``, or ``runs/<name><suffix>-<timestamp>``."""
+    if config.out_dir is not None:
+        return Path(config.out_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.name}{suffix}-{stamp}"
+
+
+def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
+    """Create the run directory; refuse to resume a run of another configuration."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved_path = out_dir / "config.yaml"
+    checkpoints = out_dir / "checkpoints"
+    has_checkpoints = checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    if saved_path.exists() and has_checkpoints:
+        saved = load_config(saved_path)
+        changed = [k for k in config_diff(saved, config) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(
+                f"{out_dir} holds checkpoints of a run with another configuration "
+                f"(differences: {', '.join(changed)}). Resume it with the same settings "
+                "or choose another out_dir."
+            )
+    saved_path.write_text(config.to_yaml())
 
 
 class Checkpointer:

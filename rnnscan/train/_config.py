@@ -130,7 +130,7 @@ class ModelConfig:
         method: ``"newton"`` (DEER), ``"quasi_newton"``, ``"fixed_point"``,
             ``"sequential"`` (``jax.lax.scan``) or ``"auto"``: per block, whichever of
             ``auto.parallel`` and the sequential scan is faster, measured while training runs
-            and re-checked as it goes (:class:`rnnscan.nn.MethodSelector`).
+            and re-checked as it goes (:class:`rnnscan.train.MethodSelector`).
         on_failure: what an unconverged parallel solve does (``"fallback"``: recompute
             sequentially; ``"raise"``; ``"return"``).
         dtype: ``"float32"`` or ``"float64"`` (parameters, computation and inputs).
@@ -139,7 +139,7 @@ class ModelConfig:
         cell_kwargs: extra keyword arguments of the cell.
         auto: options of ``method: auto``: ``parallel`` (the parallel method, default
             ``"newton"``; the tolerances above apply to it), ``start`` (``"parallel"`` or
-            ``"sequential"``) and the :class:`rnnscan.nn.MethodSelector` options
+            ``"sequential"``) and the :class:`rnnscan.train.MethodSelector` options
             ``window``, ``margin``, ``recheck_every``, ``max_recheck_every``, ``drift``,
             ``fallback_steps``.
     """
@@ -388,7 +388,7 @@ AUTO_KEYS = ("parallel", "start")
 
 def _check_auto(auto: Mapping[str, Any]) -> None:
     """``model.auto``: known keys, and values the selector accepts."""
-    from rnnscan.nn import MethodSelector
+    from ._selector import MethodSelector
 
     selector_keys = set(inspect.signature(MethodSelector).parameters) - {
         "num_layers",

@@ -3,7 +3,7 @@
 A probe of another assignment of methods needs its own train step, and compiling the
 parallel one can take longer than a short run's whole training (LSTM 16 x 2, T = 900, on a
 2-core CPU: 12.7 s against 0.09 s per sequential step). The selector announces the
-assignment it will probe next (:attr:`rnnscan.nn.MethodSelector.upcoming`); this compiles
+assignment it will probe next (:attr:`rnnscan.train.MethodSelector.upcoming`); this compiles
 that train step ahead of time (``jit(...).lower(...).compile()``, which XLA runs outside
 the GIL) while training goes on with the current assignment, and the loop calls the
 compiled executable once the probe starts. The steps that ran during a compilation shared

@@ -57,6 +57,7 @@ import optax
 from flax import nnx
 
 import rnnscan
+from rnnscan._masked import masked_step
 from rnnscan._methods import method_class
 from rnnscan.nn import resolve_method
 
@@ -178,25 +179,13 @@ def _flat_states(carry, batch: int) -> jax.Array:
     return jnp.concatenate(parts, axis=-1)
 
 
-def _masked(cell):
-    """A step that applies ``cell`` where the mask is set and keeps the carry elsewhere."""
-
-    def step(carry, inputs):
-        x, on = inputs
-        new, _ = cell(carry, x)
-        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(on, a, b), new, carry)
-        return kept, None
-
-    return step
-
-
 def _run(cell, carry, xs, mask, method):
     """The final carry of ``cell`` over ``xs`` ``(B, T, d)`` where ``mask`` ``(B, T)`` is set
     (per sequence, with :func:`rnnscan.solve`)."""
     solver = resolve_method(method, cell)
 
     def one(c, x, m):
-        sol = rnnscan.solve(_masked(cell), c, (x, m), method=solver, on_failure="fallback")
+        sol = rnnscan.solve(masked_step(cell), c, (x, m), method=solver, on_failure="fallback")
         return sol.final_carry
 
     return jax.vmap(one)(carry, xs, mask)

@@ -45,49 +45,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
-from ._auto import as_auto
-from ._layers import RNN
-
-__all__ = ["Decision", "MethodSelector", "auto_layers", "get_methods", "set_methods"]
-
-
-# ----------------------------------------------------------------------------- the model side
-
-
-def auto_layers(model: nnx.Module) -> list[RNN]:
-    """The ``method="auto"`` :class:`rnnscan.nn.RNN` layers of ``model``, in graph order (the
-    order of :func:`set_methods`; for :class:`rnnscan.nn.SequenceClassifier`, block order)."""
-    return [
-        node
-        for _, node in nnx.iter_graph(model)
-        if isinstance(node, RNN) and as_auto(node.method) is not None
-    ]
-
-
-def set_methods(model: nnx.Module, parallel: Sequence[bool]) -> None:
-    """Set the flag of every ``Auto`` layer of ``model`` (``True``: the parallel method,
-    ``False``: ``lax.scan``), in :func:`auto_layers` order. The flags are static: an
-    ``nnx.jit`` function of the model compiles each assignment the first time it sees it
-    and reuses the program afterwards (``nnx.split`` gives a different graph definition per
-    assignment, with the same parameter and state pytrees)."""
-    layers = auto_layers(model)
-    if len(parallel) != len(layers):
-        raise ValueError(
-            f"set_methods: got {len(parallel)} flags for the {len(layers)} auto layers of "
-            f"{type(model).__name__}"
-        )
-    for layer, flag in zip(layers, parallel, strict=True):
-        layer.parallel_active = bool(flag)
-
-
-def get_methods(model: nnx.Module) -> list[bool]:
-    """The flags of the ``Auto`` layers of ``model`` (``True``: parallel)."""
-    return [layer.parallel_active for layer in auto_layers(model)]
-
-
-# ----------------------------------------------------------------------------- decisions
+__all__ = ["Decision", "MethodSelector"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +63,7 @@ class Decision:
             ``"kept"`` and ``"fallback"`` change the layer's method for good.
         parallel: the method the layer runs from the next step: ``True`` for the parallel one.
         changed: whether that differs from the method of this step (apply it with
-            :func:`set_methods`).
+            :func:`rnnscan.nn.set_methods`).
         reason: why, in words, with the numbers.
     """
 
@@ -134,7 +93,7 @@ class MethodSelector:
     """Per-layer choice between a parallel method and ``lax.scan``, from measured step times.
 
     Feed it every training step with :meth:`observe`; read the assignment from
-    :attr:`parallel` and apply it with :func:`set_methods` when :meth:`observe` returns
+    :attr:`parallel` and apply it with :func:`rnnscan.nn.set_methods` when :meth:`observe` returns
     decisions that changed something. See the module docstring for the algorithm. A
     training loop with it::
 
