@@ -2,6 +2,6 @@
 
 Run ``python -m benchmarks --config configs/quick.yaml`` (see ``python -m benchmarks --help``).
 Every case is one (cell, hidden size, sequence length, batch, dtype, method, mode) and becomes
-one JSON line in ``benchmarks/results/``; ``python -m benchmarks report`` and
+one JSON line in ``results/``; ``python -m benchmarks report`` and
 ``python -m benchmarks plot`` read those files back.
 """

@@ -28,7 +28,7 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         help="results file to append to "
-        "(default: benchmarks/results/<config>-<device>-<date>.jsonl)",
+        "(default: results/<config>-<device>-<date>.jsonl)",
     )
     parser.add_argument(
         "--set",

@@ -34,9 +34,9 @@ class OutOfTime(Exception):
 
 
 def default_output(config: dict[str, Any], tag: str) -> Path:
-    """``benchmarks/results/<config>-<device>-<date>.jsonl``."""
+    """``results/<config>-<device>-<date>.jsonl`` in the repository root (outside the package)."""
     date = time.strftime("%Y-%m-%d", time.gmtime())
-    return Path(__file__).resolve().parent / "results" / f"{config['name']}-{tag}-{date}.jsonl"
+    return _provenance.REPO_ROOT / "results" / f"{config['name']}-{tag}-{date}.jsonl"
 
 
 @dataclasses.dataclass

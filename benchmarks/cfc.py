@@ -284,7 +284,7 @@ def main(argv=None) -> None:
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"benchmarks/results/cfc-{config['name']}"
+    out = args.out or config["out"] or f"results/cfc-{config['name']}"
 
     started = time.perf_counter()
     xs, ys, _ = oscillator_data(config["seed"], config, config["sequences"], dtype)

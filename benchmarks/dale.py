@@ -464,7 +464,7 @@ def main(argv=None) -> None:
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"benchmarks/results/dale-{config['name']}"
+    out = args.out or config["out"] or f"results/dale-{config['name']}"
 
     start = time.perf_counter()
     entropy_rows = entropy_sweep(config, dtype)

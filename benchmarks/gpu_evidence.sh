@@ -11,7 +11,7 @@
 #      training step, sequential vs Newton, with DEER's published ratios in the report
 #   3. eigenworms-step-gru (issue 8, item 2): the EigenWorms-shape training step, GRU 32 x 5,
 #      batch 4, T = 17,984, sequential / newton / quasi_newton (configs/eigenworms_step_gpu.yaml)
-# Then commit OUT's files under benchmarks/results/ with the device in their names. With a
+# Then commit OUT's files under results/ with the device in their names. With a
 # second command's time: whole Newton solves and training steps with the kernel,
 #   python3 -m benchmarks --config configs/pallas_gpu.yaml --out R.jsonl --max-minutes 7
 set -uo pipefail

@@ -248,7 +248,7 @@ def main(argv=None) -> None:
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"benchmarks/results/hnn-{config['name']}"
+    out = args.out or config["out"] or f"results/hnn-{config['name']}"
 
     key_data, key_model = jax.random.split(jax.random.PRNGKey(config["seed"]))
     ts = jnp.linspace(0.0, config["t_final"], config["grid_points"], dtype=dtype)

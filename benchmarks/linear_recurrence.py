@@ -2,7 +2,7 @@
 ``jax.lax.associative_scan`` against the chunked Pallas kernel, side by side in one run.
 
 ``python -m benchmarks.linear_recurrence --config configs/linear_recurrence_gpu.yaml
---out benchmarks/results/linear-recurrence-<device>-<date> [--set lengths=[65536]]``
+--out results/linear-recurrence-<device>-<date> [--set lengths=[65536]]``
 
 For every (length T, width n, dtype): a batch of ``batch`` independent recurrences (jitted,
 ``jax.vmap``), both backends, calls interleaved round by round so that drifts in the

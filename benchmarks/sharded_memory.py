@@ -1,7 +1,7 @@
 """Per-device memory of a time-split training step at D = 1, 2, 4, 8 devices.
 
 ``python -m benchmarks.sharded_memory [--hidden 32] [--length 16384] [--devices 1,2,4,8]
-[--out benchmarks/results/sharded-memory-<device>-<date>]``
+[--out results/sharded-memory-<device>-<date>]``
 
 Compiles (does not run) ``jax.value_and_grad`` of the mean square of the outputs of a GRU
 (``rnnscan.nn.GRUCell``, dense Newton, one sequence) w.r.t. its parameters, with the time
@@ -43,7 +43,7 @@ import rnnscan.nn  # noqa: E402
 from . import _provenance  # noqa: E402
 from ._memory import xla_memory_analysis  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = _provenance.REPO_ROOT / "results"
 
 
 def compiled_step(hidden: int, length: int, devices: int, dtype):

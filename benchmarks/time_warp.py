@@ -409,7 +409,7 @@ def main(argv=None) -> None:
     if config["dtype"] == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"benchmarks/results/time-warp-{config['name']}"
+    out = args.out or config["out"] or f"results/time-warp-{config['name']}"
 
     start = time.perf_counter()
     records = [run_seed(config, seed, dtype) for seed in config["seeds"]]

@@ -201,7 +201,7 @@ def plot(config, runs, path):
 def main(argv=None) -> None:
     args = _experiment.parse_args("python -m benchmarks.warmup", __doc__, argv)
     config = load_config(args.config, args.set)
-    out = args.out or config["out"] or f"benchmarks/results/warmup-{config['name']}"
+    out = args.out or config["out"] or f"results/warmup-{config['name']}"
     started = time.perf_counter()
     data = make_data(config)
     runs = []

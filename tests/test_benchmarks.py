@@ -142,7 +142,7 @@ def test_unstable_systems_report_regenerates_the_committed_table(tmp_path):
     pytest.importorskip("matplotlib")
     from benchmarks import unstable_systems
 
-    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    results = Path(__file__).resolve().parent.parent / "results"
     records = [
         json.loads(line)
         for line in (results / "unstable-systems-cpu-2026-12-01.jsonl").read_text().splitlines()
