@@ -82,7 +82,7 @@ dist: $(STAMP)
 	cd $(DIST_VENV) && bin/python $(CURDIR)/.ci/smoke.py sdist
 
 bench: $(STAMP)
-	$(PY) -m benchmarks --config configs/quick.yaml
+	$(PY) -m benchmarks --config configs/benchmarks/quick.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check rnnscan benchmarks tests

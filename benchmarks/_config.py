@@ -1,4 +1,4 @@
-"""Benchmark configurations: YAML files in ``configs/``, command-line overrides, and the list
+"""Benchmark configurations: YAML files in ``configs/benchmarks/``, command-line overrides, and the list
 of cases a configuration expands to.
 
 A configuration holds run settings (repeats, budgets, ...) and a list of ``grids``. Each grid

@@ -1,7 +1,7 @@
 """Is ``method: auto`` ever slower than the better fixed method? The same training run with
 ``sequential``, a parallel method and ``auto``: wall time, step-time curves, accuracy.
 
-``python -m benchmarks.auto_method --config configs/auto_cpu.yaml --out DIR [--methods ...]
+``python -m benchmarks.auto_method --config configs/experiments/auto_cpu.yaml --out DIR [--methods ...]
 [--max-steps N]``
 
 The config is a :mod:`rnnscan.train` configuration plus a top-level ``methods:`` list (the

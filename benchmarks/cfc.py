@@ -1,6 +1,6 @@
 """CfC cells on an irregularly sampled task: dense vs low-rank vs low-rank + sparse recurrence.
 
-``python -m benchmarks.cfc --config configs/cfc_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m benchmarks.cfc --config configs/experiments/cfc_cpu.yaml [--out PREFIX] [--set key=value]``
 
 Closed-form continuous-time cells (Hasani et al., Nature MI 2022) read the time elapsed since
 the previous observation, so they take irregularly sampled sequences as they come; Tumma et

@@ -1,6 +1,6 @@
 """Dale's-law RNNs at CPU scale: SVD entropy at initialisation and learning on the adding task.
 
-``python -m benchmarks.dale --config configs/dale_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m benchmarks.dale --config configs/experiments/dale_cpu.yaml [--out PREFIX] [--set key=value]``
 
 A small-scale check of the qualitative findings of Li, Cornford, Ghosh & Richards, "Learning
 better with Dale's Law: A Spectral Perspective" (NeurIPS 2023):

@@ -1,6 +1,6 @@
 """Hard dynamics: every method on recurrences from contractive to chaotic.
 
-``python -m benchmarks.hard_dynamics --config configs/hard_dynamics.yaml --out R.jsonl
+``python -m benchmarks.hard_dynamics --config configs/experiments/hard_dynamics.yaml --out R.jsonl
 [--lengths 1000] [--plot FIGURE.png] [--report R.md]``
 
 A tanh RNN, h' = tanh(W h + U x + b), and a GRU, both with n = ``hidden`` units and recurrent
@@ -228,7 +228,7 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hard_dynamics")
-    parser.add_argument("--config", default="configs/hard_dynamics.yaml")
+    parser.add_argument("--config", default="configs/experiments/hard_dynamics.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--lengths", type=int, nargs="*", help="override the config's lengths")
     parser.add_argument("--report", type=Path)

@@ -1,6 +1,6 @@
 """Training a Hamiltonian neural network with parallel vs sequential ODE integration.
 
-``python -m benchmarks.hnn --config configs/hnn_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m benchmarks.hnn --config configs/experiments/hnn_cpu.yaml [--out PREFIX] [--set key=value]``
 
 In the spirit of DEER's Hamiltonian-NN experiment (Lim et al., ICLR 2024), after Greydanus,
 Dzamba & Yosinski (NeurIPS 2019): H_theta(q, p) is an MLP, the model's dynamics are

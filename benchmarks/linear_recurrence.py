@@ -1,7 +1,7 @@
 """The hot loop alone: the diagonal linear recurrence x_t = a_t * x_{t-1} + b_t by
 ``jax.lax.associative_scan`` against the chunked Pallas kernel, side by side in one run.
 
-``python -m benchmarks.linear_recurrence --config configs/linear_recurrence_gpu.yaml
+``python -m benchmarks.linear_recurrence --config configs/benchmarks/linear_recurrence_gpu.yaml
 --out results/linear-recurrence-<device>-<date> [--set lengths=[65536]]``
 
 For every (length T, width n, dtype): a batch of ``batch`` independent recurrences (jitted,

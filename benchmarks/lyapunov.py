@@ -1,6 +1,6 @@
 """Lyapunov exponents vs parallel iterations: does ``rnnscan.diagnostics`` predict the solve?
 
-``python -m benchmarks.lyapunov --config configs/lyapunov.yaml --out R.jsonl [--plot FIG.png]
+``python -m benchmarks.lyapunov --config configs/experiments/lyapunov.yaml --out R.jsonl [--plot FIG.png]
 [--report R.md] [--split holdout]``
 
 For every problem of the config (a tanh RNN, h' = tanh(gain W h + U x + b), or an
@@ -428,7 +428,7 @@ def _iterations_against_lle(ax, rows, markers) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lyapunov")
-    parser.add_argument("--config", default="configs/lyapunov.yaml")
+    parser.add_argument("--config", default="configs/experiments/lyapunov.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--split", nargs="*", default=["calibration", "holdout", "holdout2"])
     parser.add_argument("--problems", type=int, nargs="*", help="indices of config problems")

@@ -1,6 +1,6 @@
 """Transfer across time scales with time-warping LSTM cells, on synthetic time-lag systems.
 
-``python -m benchmarks.time_warp --config configs/time_warp_cpu.yaml [--out PREFIX]
+``python -m benchmarks.time_warp --config configs/experiments/time_warp_cpu.yaml [--out PREFIX]
 [--set key=value]``
 
 After Hirschi ("Time-Warping Recurrent Neural Networks for Transfer Learning", arXiv:2604.02474,

@@ -1,6 +1,6 @@
 """Unstable but not chaotic: where the damped methods converge and Newton diverges.
 
-``python -m benchmarks.unstable_systems --config configs/unstable_systems.yaml --out R.jsonl
+``python -m benchmarks.unstable_systems --config configs/experiments/unstable_systems.yaml --out R.jsonl
 [--report R.md] [--plot FIGURE.png]``
 
 Two systems whose trajectories are predictable (largest Lyapunov exponent < 0, measured by
@@ -207,7 +207,7 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.unstable_systems")
-    parser.add_argument("--config", default="configs/unstable_systems.yaml")
+    parser.add_argument("--config", default="configs/experiments/unstable_systems.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--report", type=Path)
     parser.add_argument("--plot", type=Path)

@@ -1,7 +1,7 @@
 """What ``train.warm_start_eval`` saves: the same training run with cold and warm-started
 validation passes; per evaluation the mean Newton iterations, the time and the loss.
 
-``python -m benchmarks.warm_eval --config configs/warm_eval_cpu.yaml --out DIR``
+``python -m benchmarks.warm_eval --config configs/experiments/warm_eval_cpu.yaml --out DIR``
 
 The config is a :mod:`rnnscan.train` configuration (``train.warm_start_eval`` is set by the
 script). ``DIR/cold`` and ``DIR/warm`` hold the runs; ``DIR/warm-eval.json`` (provenance and

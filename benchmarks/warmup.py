@@ -1,6 +1,6 @@
 """Warm-up (Lambrechts et al., 2023) on the long-memory synthetic marker task.
 
-``python -m benchmarks.warmup --config configs/warmup_synthetic.yaml [--out PREFIX] [--set k=v]``
+``python -m benchmarks.warmup --config configs/experiments/warmup_synthetic.yaml [--out PREFIX] [--set k=v]``
 
 The task is :func:`rnnscan.data.make_synthetic_series`: a class marker in the first 10% of
 each series, white noise afterwards, so the classifier (:class:`rnnscan.nn.SequenceClassifier`,

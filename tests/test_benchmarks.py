@@ -16,7 +16,7 @@ from conftest import OPTIMIZATION_FLAG
 from benchmarks import _config, _report, _results
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK = REPO / "configs" / "quick.yaml"
+QUICK = REPO / "configs" / "benchmarks" / "quick.yaml"
 TINY = [
     "--set",
     "length=[8]",

@@ -124,7 +124,7 @@ def _features(traj: _Trajectory) -> Features:
 # The predictor
 
 # Constants of the predictor (see ``parallelizability``), calibrated by benchmarks/lyapunov.py
-# on the "calibration" problems of configs/lyapunov.yaml (float64); see docs/diagnostics.md.
+# on the "calibration" problems of configs/experiments/lyapunov.yaml (float64); see docs/diagnostics.md.
 NEWTON_BASE = 4.0  # iterations of the quadratic phase
 NEWTON_SCALE = 0.75  # N = base + scale * S ** power
 NEWTON_POWER = 0.5
