@@ -24,11 +24,12 @@ def run_parser() -> argparse.ArgumentParser:
             "Other commands: 'plot RESULTS.jsonl --out-dir DIR', 'report RESULTS.jsonl'."
         ),
     )
-    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/benchmarks/quick.yaml")
+    parser.add_argument(
+        "--config", required=True, help="YAML file, e.g. configs/benchmarks/quick.yaml"
+    )
     parser.add_argument(
         "--out",
-        help="results file to append to "
-        "(default: results/<config>-<device>-<date>.jsonl)",
+        help="results file to append to (default: results/<config>-<device>-<date>.jsonl)",
     )
     parser.add_argument(
         "--set",

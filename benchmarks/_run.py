@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from . import _memory, _programs, _provenance, _results, _timing
+from . import _memory, _programs, _results, _timing
+from . import provenance as _provenance
 from ._config import Case, expand_cases, select
 
 # Marks a reference that could not be computed (its case was skipped, ran out of memory or

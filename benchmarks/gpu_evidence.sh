@@ -41,5 +41,5 @@ part deer-comparison 210 python3 -m benchmarks --config configs/benchmarks/deer_
     --out "$out/deer-comparison.jsonl" --max-minutes 2.5 --no-progress
 part deer-report 30 python3 -m benchmarks report "$out/deer-comparison.jsonl" \
     --out "$out/deer-comparison.md"
-part eigenworms-step-gru 200 python3 -m benchmarks.auto_method \
+part eigenworms-step-gru 200 python3 -m experiments.auto_method \
     --config configs/experiments/eigenworms_step_gpu.yaml --out "$out/eigenworms-step-gru"

@@ -29,7 +29,8 @@ from tqdm import tqdm
 import rnnscan
 from rnnscan._linear_recurrence import linear_recurrence
 
-from . import _experiment, _provenance
+from . import provenance as _provenance
+from . import settings
 
 DEFAULTS = {
     "name": "linear_recurrence",
@@ -101,8 +102,8 @@ def _table(records: list[dict], backends: list[str]) -> str:
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.linear_recurrence", __doc__, argv)
-    config = _experiment.load_config(DEFAULTS, args.config, args.set)
+    args = settings.parse_args("python -m benchmarks.linear_recurrence", __doc__, argv)
+    config = settings.load_config(DEFAULTS, args.config, args.set)
     if "float64" in config["dtypes"]:
         jax.config.update("jax_enable_x64", True)
     backends = list(config["backends"])

@@ -140,7 +140,7 @@ def test_unstable_systems_report_regenerates_the_committed_table(tmp_path):
     """The committed results file, read back through report() and plot(), gives the
     committed markdown table (what the docs quote) and a figure."""
     pytest.importorskip("matplotlib")
-    from benchmarks import unstable_systems
+    from experiments import unstable_systems
 
     results = Path(__file__).resolve().parent.parent / "results"
     records = [

@@ -1,7 +1,7 @@
 """What ``train.warm_start_eval`` saves: the same training run with cold and warm-started
 validation passes; per evaluation the mean Newton iterations, the time and the loss.
 
-``python -m benchmarks.warm_eval --config configs/experiments/warm_eval_cpu.yaml --out DIR``
+``python -m experiments.warm_eval --config configs/experiments/warm_eval_cpu.yaml --out DIR``
 
 The config is a :mod:`rnnscan.train` configuration (``train.warm_start_eval`` is set by the
 script). ``DIR/cold`` and ``DIR/warm`` hold the runs; ``DIR/warm-eval.json`` (provenance and
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import _provenance
+from . import harness
 
 KEYS = ("step", "iterations_mean", "iterations_max", "time_s", "loss", "accuracy")
 
@@ -66,7 +66,7 @@ def _table(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.warm_eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiments.warm_eval", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="the output directory")
     args = parser.parse_args(argv)
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     config.setdefault("checkpoint", {})["enabled"] = False
     args.out.mkdir(parents=True, exist_ok=True)
     cold, warm = (_run(config, warm, args.out) for warm in (False, True))
-    provenance = _provenance.collect(config, str(args.config), [])
+    provenance = harness.provenance(config, str(args.config))
     (args.out / "warm-eval.json").write_text(
         json.dumps({"provenance": provenance, "cold": cold, "warm": warm}, indent=1)
     )
-    title = _provenance.training_run_title(config, provenance)
+    title = harness.training_run_title(config, provenance)
     table = _table(cold, warm)
     (args.out / "warm-eval.md").write_text(f"{title}\n\n{table}\n")
     print(table)

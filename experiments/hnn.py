@@ -1,6 +1,7 @@
 """Training a Hamiltonian neural network with parallel vs sequential ODE integration.
 
-``python -m benchmarks.hnn --config configs/experiments/hnn_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m experiments.hnn --config configs/experiments/hnn_cpu.yaml [--out PREFIX]
+[--set key=value]``
 
 In the spirit of DEER's Hamiltonian-NN experiment (Lim et al., ICLR 2024), after Greydanus,
 Dzamba & Yosinski (NeurIPS 2019): H_theta(q, p) is an MLP, the model's dynamics are
@@ -23,20 +24,16 @@ times and a learned trajectory).
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 import rnnscan
 
-from . import _experiment, _provenance
+from . import harness
 
 DEFAULTS: dict[str, Any] = {
     "name": "hnn",
@@ -55,11 +52,6 @@ DEFAULTS: dict[str, Any] = {
     "out": None,
     "figure": None,
 }
-
-
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = _experiment.load_config(DEFAULTS, path, overrides)
-    return config
 
 
 # --- data: mass-spring trajectories ----------------------------------------------------------
@@ -110,7 +102,7 @@ def hamiltonian_field(t, y, params):
     return jnp.stack([dH[1], -dH[0]])
 
 
-def make_train_step(config, ts, method, optimiser):
+def train(config, method, params0, observed, ts):
     def loss_fn(params, observed):
         def one(y_obs):
             sol = rnnscan.ode.solve_ivp(
@@ -119,48 +111,26 @@ def make_train_step(config, ts, method, optimiser):
             return jnp.mean((sol.ys - y_obs) ** 2), sol
 
         losses, sols = jax.vmap(one)(observed)
-        return jnp.mean(losses), (sols.iterations, sols.fell_back)
+        return jnp.mean(losses), (jnp.mean(sols.iterations), jnp.sum(sols.fell_back))
 
-    @jax.jit
-    def step(params, opt_state, observed):
-        (loss, (iterations, fell_back)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, observed
-        )
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, loss, jnp.mean(iterations), jnp.sum(fell_back)
-
-    return step
-
-
-def train(config, method, params0, observed, ts):
     optimiser = optax.adam(config["learning_rate"])
-    step = make_train_step(config, ts, method, optimiser)
-    opt_state = optimiser.init(params0)
-    start = time.perf_counter()
-    compiled = step.lower(params0, opt_state, observed).compile()
-    compile_s = time.perf_counter() - start
-    params = params0
-    losses, times, iterations, fallbacks = [], [], [], []
-    for _ in tqdm(range(config["steps"]), desc=f"hnn {method}", unit="step"):
-        start = time.perf_counter()
-        params, opt_state, loss, its, fell = jax.block_until_ready(
-            compiled(params, opt_state, observed)
-        )
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss))
-        iterations.append(float(its))
-        fallbacks.append(int(fell))
-    timed = np.asarray(times[config["warmup_steps"] :])
-    return params, {
+    run = harness.fit(
+        jax.jit(harness.train_step(loss_fn, optimiser)),
+        params0,
+        optimiser.init(params0),
+        (observed,),
+        steps=config["steps"],
+        desc=f"hnn {method}",
+        compile_ahead=True,
+    )
+    return run.params, {
         "method": method,
-        "compile_s": compile_s,
-        "losses": losses,
-        "step_times_s": times,
-        "step_time_median_s": float(np.median(timed)),
-        "step_time_iqr_s": [float(np.percentile(timed, 25)), float(np.percentile(timed, 75))],
-        "newton_iterations_mean": iterations,
-        "fallbacks": fallbacks,
+        "compile_s": run.compile_s,
+        "losses": run.losses,
+        "step_times_s": run.step_times_s,
+        **harness.step_time_summary(run.step_times_s, config["warmup_steps"]),
+        "newton_iterations_mean": [its for its, _ in run.aux],
+        "fallbacks": [int(fell) for _, fell in run.aux],
     }
 
 
@@ -208,11 +178,7 @@ def summarise(config, runs, provenance) -> str:
 
 
 def plot(config, runs, ts, observed, params_by_method, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for run in runs:
         style = "-" if run["method"] != "sequential" else "--"
@@ -238,17 +204,13 @@ def plot(config, runs, ts, observed, params_by_method, path):
         f"{device}, jax {jax.__version__}"
     )
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.hnn", __doc__, argv)
-    config = load_config(args.config, args.set)
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+    args, config = harness.setup("python -m experiments.hnn", __doc__, DEFAULTS, argv)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"results/hnn-{config['name']}"
+    out = harness.output_prefix(args, config, "hnn")
 
     key_data, key_model = jax.random.split(jax.random.PRNGKey(config["seed"]))
     ts = jnp.linspace(0.0, config["t_final"], config["grid_points"], dtype=dtype)
@@ -261,13 +223,9 @@ def main(argv=None) -> None:
         runs.append(run)
         params_by_method[method] = params
 
-    provenance = _provenance.collect(config, args.config or "(defaults)", args.set)
+    provenance = harness.provenance(config, args.config, args.set)
     record = {"config": config, "provenance": provenance, "runs": runs}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(record, indent=1) + "\n")
-    summary = summarise(config, runs, provenance)
-    Path(f"{out}.md").write_text(summary)
-    print(summary)
+    harness.write_outputs(out, record, summarise(config, runs, provenance))
     if config["figure"]:
         plot(config, runs, ts, observed, params_by_method, config["figure"])
         print(f"figure: {config['figure']}")

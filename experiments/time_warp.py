@@ -1,6 +1,6 @@
 """Transfer across time scales with time-warping LSTM cells, on synthetic time-lag systems.
 
-``python -m benchmarks.time_warp --config configs/experiments/time_warp_cpu.yaml [--out PREFIX]
+``python -m experiments.time_warp --config configs/experiments/time_warp_cpu.yaml [--out PREFIX]
 [--set key=value]``
 
 After Hirschi ("Time-Warping Recurrent Neural Networks for Transfer Learning", arXiv:2604.02474,
@@ -16,7 +16,7 @@ log-uniform in ``hold``), with tau in {1, 10, 100, 1000}. The model is a
 sequences, then transferred to each target tau with a few sequences and the same small number
 of Adam steps by
 
-* ``warp``: training only the warp parameters (``WarpParam``: ``hidden`` numbers), from neutral;
+* ``warp``: training only the warp parameters (``rn.WarpParam``: ``hidden`` numbers), from neutral;
 * ``finetune``: training every parameter from the pretrained ones;
 * ``scratch``: training every parameter from a fresh initialisation;
 * ``retime``: the analytic re-timing ``cell.warped(tau / source_tau)``, no training;
@@ -31,7 +31,6 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the table) 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -42,12 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 import rnnscan.nn as rn
-from rnnscan.nn._warp import TimeWarpLSTMCell, WarpParam
 
-from . import _experiment, _provenance
+from . import harness
 
 DEFAULTS: dict[str, Any] = {
     "name": "time-warp",
@@ -69,12 +66,10 @@ DEFAULTS: dict[str, Any] = {
 TRAINED = {"warp": "warp", "retime+warp": "warp", "finetune": "all", "scratch": "all"}
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = _experiment.load_config(DEFAULTS, path, overrides)
+def check_config(config: dict[str, Any]) -> None:
     unknown = set(config["strategies"]) - {"pretrained", "retime", *TRAINED}
     if unknown:
         raise ValueError(f"strategies: unknown {sorted(unknown)}")
-    return config
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -116,15 +111,13 @@ class LagModel(nnx.Module):
     """TimeWarpLSTMCell + linear read-out of h."""
 
     def __init__(self, hidden: int, method: str, dtype, rngs: nnx.Rngs):
-        self.rnn = rn.RNN(TimeWarpLSTMCell(1, hidden, param_dtype=dtype, rngs=rngs), method=method)
+        self.rnn = rn.RNN(
+            rn.TimeWarpLSTMCell(1, hidden, param_dtype=dtype, rngs=rngs), method=method
+        )
         self.readout = nnx.Linear(hidden, 1, param_dtype=dtype, rngs=rngs)
 
     def __call__(self, xs):
         return self.readout(self.rnn(xs))
-
-
-def count(tree) -> int:
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 class Trainer:
@@ -134,33 +127,29 @@ class Trainer:
     def __init__(self, graphdef, other):
         self.graphdef, self.other = graphdef, other
         self.tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
-        self._steps = {"warp": jax.jit(self._step_warp), "all": jax.jit(self._step_all)}
-        self.evaluate = jax.jit(self._loss)
+        # "warp": the parameters trained are the warps (the rest a fixed argument); "all":
+        # (warp, rest) together.
+        self._steps = {
+            "warp": jax.jit(harness.train_step(self._loss, self.tx)),
+            "all": jax.jit(
+                harness.train_step(lambda both, xs, ys: self._loss(*both, xs, ys), self.tx)
+            ),
+        }
+        self.evaluate = jax.jit(lambda warp, rest, xs, ys: self._loss(warp, rest, xs, ys)[0])
 
     def _loss(self, warp, rest, xs, ys):
         model = nnx.merge(self.graphdef, warp, rest, self.other)
-        return jnp.mean((model(xs) - ys) ** 2)
-
-    def _step_warp(self, warp, rest, opt_state, xs, ys):
-        loss, grads = jax.value_and_grad(self._loss)(warp, rest, xs, ys)
-        updates, opt_state = self.tx.update(grads, opt_state, warp)
-        return optax.apply_updates(warp, updates), rest, opt_state, loss
-
-    def _step_all(self, warp, rest, opt_state, xs, ys):
-        loss, grads = jax.value_and_grad(self._loss, argnums=(0, 1))(warp, rest, xs, ys)
-        updates, opt_state = self.tx.update(grads, opt_state, (warp, rest))
-        warp, rest = optax.apply_updates((warp, rest), updates)
-        return warp, rest, opt_state, loss
+        return jnp.mean((model(xs) - ys) ** 2), ()
 
     def train(self, warp, rest, which, xs, ys, steps, learning_rate, desc):
-        trained = warp if which == "warp" else (warp, rest)
+        trained, batch = (warp, (rest, xs, ys)) if which == "warp" else ((warp, rest), (xs, ys))
         opt_state = self.tx.init(trained)
         opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-        losses = []
-        for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
-            warp, rest, opt_state, loss = self._steps[which](warp, rest, opt_state, xs, ys)
-            losses.append(float(loss))
-        return warp, rest, losses
+        run = harness.fit(
+            self._steps[which], trained, opt_state, batch, steps=steps, desc=desc, leave=False
+        )
+        warp, rest = (run.params, rest) if which == "warp" else run.params
+        return warp, rest, run.losses
 
 
 def log_warps(warp) -> list[float]:
@@ -172,9 +161,10 @@ def run_seed(config, seed, dtype):
     hold, hidden, method = config["hold"], config["hidden"], config["method"]
     src, tgt = config["source"], config["target"]
     model = LagModel(hidden, method, dtype, nnx.Rngs(seed))
-    graphdef, warp0, rest0, other = nnx.split(model, WarpParam, nnx.Param, ...)
+    graphdef, warp0, rest0, other = nnx.split(model, rn.WarpParam, nnx.Param, ...)
     trainer = Trainer(graphdef, other)
-    n_all, n_warp = count(warp0) + count(rest0), count(warp0)
+    n_all = harness.count_params(warp0) + harness.count_params(rest0)
+    n_warp = harness.count_params(warp0)
 
     xs, ys = dataset(rng, src["sequences"], src["length"], config["source_tau"], hold, dtype)
     start = time.perf_counter()
@@ -197,7 +187,7 @@ def run_seed(config, seed, dtype):
         "targets": [],
     }
     fresh = LagModel(hidden, method, dtype, nnx.Rngs(1000 + seed))
-    _, warp_fresh, rest_fresh, _ = nnx.split(fresh, WarpParam, nnx.Param, ...)
+    _, warp_fresh, rest_fresh, _ = nnx.split(fresh, rn.WarpParam, nnx.Param, ...)
     for tau in config["target_taus"]:
         x_tr, y_tr = dataset(rng, tgt["sequences"], tgt["length"], tau, hold, dtype)
         x_te, y_te = dataset(rng, tgt["test_sequences"], tgt["length"], tau, hold, dtype)
@@ -290,7 +280,7 @@ def summarise(config, records, provenance, wall_s) -> str:
         f"steps (holding times log-uniform in {config['hold']}). Model: TimeWarpLSTMCell "
         f"(1 → {config['hidden']}, one warp per unit) in rnnscan.nn.RNN "
         f"(method={config['method']!r}) + linear read-out, {r0['params_total']} parameters "
-        f"({r0['params_warp']} of them WarpParam); {config['dtype']}. Pretrained at "
+        f"({r0['params_warp']} of them rn.WarpParam); {config['dtype']}. Pretrained at "
         f"τ = {config['source_tau']:g} on {src['sequences']} sequences of {src['length']} steps "
         f"({src['steps']} Adam steps, lr {src['learning_rate']}); transferred with "
         f"{tgt['sequences']} sequences of {tgt['length']} steps and {tgt['steps']} Adam steps "
@@ -311,8 +301,8 @@ def summarise(config, records, provenance, wall_s) -> str:
         *table(config, records),
         "",
         "Strategies: pretrained = the τ = 10 model unchanged; retime = `cell.warped(τ / 10)`, no "
-        "training; warp = train only the WarpParam from neutral; retime+warp = retime, then "
-        "train only the WarpParam; finetune = train everything from the pretrained weights; "
+        "training; warp = train only the rn.WarpParam from neutral; retime+warp = retime, then "
+        "train only the rn.WarpParam; finetune = train everything from the pretrained weights; "
         "scratch = train everything from a fresh initialisation.",
         "",
         "Learned warps (mean log κ over units, seed "
@@ -334,11 +324,7 @@ def summarise(config, records, provenance, wall_s) -> str:
 
 
 def plot(config, records, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     strategies = config["strategies"]
     taus = config["target_taus"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
@@ -388,8 +374,7 @@ def plot(config, records, path):
         f"Time-warping LSTM transfer, {jax.devices()[0].device_kind}, jax {jax.__version__}"
     )
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def _rounded(value, digits: int = 4):
@@ -404,23 +389,19 @@ def _rounded(value, digits: int = 4):
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.time_warp", __doc__, argv)
-    config = load_config(args.config, args.set)
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+    args, config = harness.setup(
+        "python -m experiments.time_warp", __doc__, DEFAULTS, argv, check=check_config
+    )
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"results/time-warp-{config['name']}"
+    out = harness.output_prefix(args, config, "time-warp")
 
     start = time.perf_counter()
     records = [run_seed(config, seed, dtype) for seed in config["seeds"]]
     wall_s = time.perf_counter() - start
-    provenance = _provenance.collect(config, args.config or "(defaults)", args.set)
+    provenance = harness.provenance(config, args.config, args.set)
     record = {"config": config, "provenance": provenance, "wall_s": wall_s, "seeds": records}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(_rounded(record)) + "\n")
     summary = summarise(config, records, provenance, wall_s)
-    Path(f"{out}.md").write_text(summary)
-    print(summary)
+    harness.write_outputs(out, _rounded(record), summary, indent=None)
     if config["figure"]:
         plot(config, records, config["figure"])
         print(f"figure: {config['figure']}")

@@ -1,14 +1,15 @@
 """Dale's-law RNNs at CPU scale: SVD entropy at initialisation and learning on the adding task.
 
-``python -m benchmarks.dale --config configs/experiments/dale_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m experiments.dale --config configs/experiments/dale_cpu.yaml [--out PREFIX]
+[--set key=value]``
 
 A small-scale check of the qualitative findings of Li, Cornford, Ghosh & Richards, "Learning
 better with Dale's Law: A Spectral Perspective" (NeurIPS 2023):
 
-(a) the normalised SVD entropy (:func:`rnnscan.diagnostics._spectrum.svd_entropy`) of the
+(a) the normalised SVD entropy (:func:`rnnscan.diagnostics.svd_entropy`) of the
     recurrent matrix at initialisation, for a standard RNN (PyTorch's uniform initialisation,
-    and an orthogonal matrix), a ColEI RNN (:class:`rnnscan.nn._dale.ColEICell`) and a
-    recurrent DANN (:class:`rnnscan.nn._dale.DANNCell`, interneurons per excitatory unit
+    and an orthogonal matrix), a ColEI RNN (:class:`rnnscan.nn.ColEICell`) and a
+    recurrent DANN (:class:`rnnscan.nn.DANNCell`, interneurons per excitatory unit
     matched to the ColEI E:I ratio), across sizes and excitatory fractions, over many seeds.
     Expected: ColEI lower, especially for small networks with few inhibitory units; DANN close
     to standard.
@@ -28,10 +29,8 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the tables)
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -42,10 +41,9 @@ from flax import nnx
 from tqdm import tqdm
 
 import rnnscan.nn as rn
-from rnnscan.diagnostics._spectrum import svd_entropy
-from rnnscan.nn._dale import ColEICell, DANNCell, _col_ei_init, _dann_init
+from rnnscan.diagnostics import svd_entropy
 
-from . import _experiment, _provenance
+from . import harness
 
 DEFAULTS: dict[str, Any] = {
     "name": "dale",
@@ -78,11 +76,9 @@ DEFAULTS: dict[str, Any] = {
 ACTIVATIONS = {"relu": nnx.relu, "tanh": nnx.tanh}
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = _experiment.load_config(DEFAULTS, path, overrides)
+def check_config(config: dict[str, Any]) -> None:
     if config["activation"] not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}: {config['activation']}")
-    return config
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -112,7 +108,7 @@ def make_cell(kind: str, n: int, d: int, fraction: float | None, config, dtype, 
             rngs=rngs,
         )
     if kind == "col_ei":
-        return ColEICell(
+        return rn.ColEICell(
             d,
             n,
             excitatory_fraction=fraction,
@@ -122,7 +118,7 @@ def make_cell(kind: str, n: int, d: int, fraction: float | None, config, dtype, 
             rngs=rngs,
         )
     if kind == "dann":
-        return DANNCell(d, n, activation_fn=act, param_dtype=dtype, rngs=rngs)
+        return rn.DANNCell(d, n, activation_fn=act, param_dtype=dtype, rngs=rngs)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -165,26 +161,27 @@ def entropy_sweep(config, dtype) -> list[dict[str, Any]]:
         for kind, mats in (("standard", uniform), ("orthogonal", ortho)):
             rows.append(_entropy_row(kind, n, None, np.asarray(entropy(mats))))
     for n, f in tqdm(jobs, desc="entropy: ColEI / DANN", unit="config"):
-        # The cells' own (jitted) initialisers, called directly: building 2 x seeds cells per
-        # configuration would cost more than the whole sweep.
+        # The cells' recurrent matrices at initialisation (their jitted initialisers compile
+        # once per size and E:I split).
         ne = min(max(round(f * n), 1), n - 1)  # as ColEICell
         ni = max(1, round(n * (1 - f) / f))
-        sign = jnp.where(jnp.arange(n) < ne, 1.0, -1.0).astype(dtype)
         col, dann = [], []
         for s in seeds:
-            key = jax.random.PRNGKey(s)
-            magnitude, _ = _col_ei_init(
-                key,
-                n=n,
-                d=1,
-                ne=ne,
-                zero_diagonal=True,
+            col_ei = rn.ColEICell(
+                1,
+                n,
+                excitatory_fraction=f,
                 spectral_radius=config["col_ei_spectral_radius"],
-                dtype=dtype,
+                zero_diagonal=True,
+                param_dtype=dtype,
+                rngs=nnx.Rngs(s),
             )
-            col.append(magnitude * sign)
-            parts = _dann_init(key, n=n, d=1, ni=ni, mi=1, dtype=dtype)
-            dann.append(parts["recurrent_ee"] - parts["recurrent_ei"] @ parts["recurrent_ie"])
+            assert col_ei.n_excitatory == ne
+            col.append(col_ei.recurrent_matrix())
+            cell = rn.DANNCell(
+                1, n, interneurons=ni, input_interneurons=1, param_dtype=dtype, rngs=nnx.Rngs(s)
+            )
+            dann.append(cell.recurrent_matrix())
         rows.append(_entropy_row("col_ei", n, f, np.asarray(entropy(jnp.stack(col)))))
         row = _entropy_row("dann", n, f, np.asarray(entropy(jnp.stack(dann))))
         row["interneurons"] = ni
@@ -241,22 +238,21 @@ def train_kind(kind, n, fraction, config, dtype):
     )
 
     def loss_fn(params, xs, ys):
-        return jnp.mean((nnx.merge(graphdef, params)(xs) - ys) ** 2)
+        return jnp.mean((nnx.merge(graphdef, params)(xs) - ys) ** 2), ()
+
+    update = harness.train_step(loss_fn, optimiser)
 
     def run(params, data_key):
-        opt_state = optimiser.init(params)
-
+        # The whole run in one jax.lax.scan, vmapped over the seeds.
         def step(carry, key):
-            params, opt_state = carry
             xs, ys = adding_batch(key, task["batch"], task["length"], dtype)
-            loss, grads = jax.value_and_grad(loss_fn)(params, xs, ys)
-            updates, opt_state = optimiser.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            params, opt_state, loss, _ = update(*carry, xs, ys)
+            return (params, opt_state), loss
 
         (params, _), losses = jax.lax.scan(
-            step, (params, opt_state), jax.random.split(data_key, steps)
+            step, (params, optimiser.init(params)), jax.random.split(data_key, steps)
         )
-        return params, losses, loss_fn(params, test_x, test_y)
+        return params, losses, loss_fn(params, test_x, test_y)[0]
 
     start = time.perf_counter()
     params, losses, test_loss = jax.block_until_ready(jax.jit(jax.vmap(run))(params0, data_keys))
@@ -385,11 +381,7 @@ def summarise(config, entropy_rows, runs, provenance, wall) -> str:
 
 
 def plot(config, entropy_rows, runs, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     spec = config["entropy"]
     sizes = spec["sizes"]
@@ -454,24 +446,22 @@ def plot(config, entropy_rows, runs, path):
         f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
     )
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.dale", __doc__, argv)
-    config = load_config(args.config, args.set)
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+    args, config = harness.setup(
+        "python -m experiments.dale", __doc__, DEFAULTS, argv, check=check_config
+    )
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"results/dale-{config['name']}"
+    out = harness.output_prefix(args, config, "dale")
 
     start = time.perf_counter()
     entropy_rows = entropy_sweep(config, dtype)
     runs = training_runs(config, dtype)
     wall = time.perf_counter() - start
 
-    provenance = _provenance.collect(config, args.config or "(defaults)", args.set)
+    provenance = harness.provenance(config, args.config, args.set)
     record = {
         "config": config,
         "provenance": provenance,
@@ -479,11 +469,7 @@ def main(argv=None) -> None:
         "entropy": entropy_rows,
         "training": runs,
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(record, indent=1) + "\n")
-    summary = summarise(config, entropy_rows, runs, provenance, wall)
-    Path(f"{out}.md").write_text(summary)
-    print(summary)
+    harness.write_outputs(out, record, summarise(config, entropy_rows, runs, provenance, wall))
     if config["figure"]:
         plot(config, entropy_rows, runs, config["figure"])
         print(f"figure: {config['figure']}")

@@ -1,13 +1,14 @@
 """Warm-up (Lambrechts et al., 2023) on the long-memory synthetic marker task.
 
-``python -m benchmarks.warmup --config configs/experiments/warmup_synthetic.yaml [--out PREFIX] [--set k=v]``
+``python -m experiments.warmup --config configs/experiments/warmup_synthetic.yaml [--out PREFIX]
+[--set k=v]``
 
 The task is :func:`rnnscan.data.make_synthetic_series`: a class marker in the first 10% of
 each series, white noise afterwards, so the classifier (:class:`rnnscan.nn.SequenceClassifier`,
 logits averaged over time) must hold the marker in memory for most of the series. For every
 cell in ``cells`` (GRU, BRC, nBRC) and seed, the same initialisation is trained twice for
 the same budget of Adam steps, once as initialised and once after ``warmup.steps`` warm-up
-steps (:func:`rnnscan.train._warmup.warmup`). Recorded: validation accuracy and loss after
+steps (:func:`rnnscan.train.warmup`). Recorded: validation accuracy and loss after
 the budget (and along the way), and each recurrent layer's VAA (number of attractors reached
 by random input sequences followed by a zero-input phase, :func:`attractor_stats`) before and
 after the warm-up.
@@ -18,9 +19,7 @@ Writes ``PREFIX.json`` (everything, with provenance), ``PREFIX.md`` (the table) 
 from __future__ import annotations
 
 import functools
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,16 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 import rnnscan.nn as rn
 from rnnscan.data import make_synthetic_series
-from rnnscan.nn._bistable import BRCCell, NBRCCell
-from rnnscan.train._warmup import attractor_stats, warmup
+from rnnscan.train import attractor_stats, warmup
 
-from . import _experiment, _provenance
+from . import harness
 
-FACTORIES = {"gru": rn.GRUCell, "brc": BRCCell, "nbrc": NBRCCell}
+# The cells this experiment compares, by their names in rnnscan.nn.CELLS.
+CELL_NAMES = ("gru", "brc", "nbrc")
 
 DEFAULTS: dict[str, Any] = {
     "name": "warmup",
@@ -61,12 +59,10 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = _experiment.load_config(DEFAULTS, path, overrides)
-    unknown_cells = set(config["cells"]) - set(FACTORIES)
+def check_config(config: dict[str, Any]) -> None:
+    unknown_cells = set(config["cells"]) - set(CELL_NAMES)
     if unknown_cells:
-        raise ValueError(f"cells: unknown {sorted(unknown_cells)}; known: {sorted(FACTORIES)}")
-    return config
+        raise ValueError(f"cells: unknown {sorted(unknown_cells)}; known: {sorted(CELL_NAMES)}")
 
 
 def make_data(config):
@@ -82,7 +78,7 @@ def build(config, cell, seed):
         config["data"]["num_classes"],
         hidden_features=config["hidden_features"],
         num_blocks=config["num_blocks"],
-        cell=FACTORIES[cell],
+        cell=cell,
         method=config["method"],
         rngs=nnx.Rngs(seed),
     )
@@ -92,32 +88,38 @@ def train_run(config, model, data, seed, desc):
     (X_tr, y_tr), (X_val, y_val) = data
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(float(config["lr"])))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
 
     def loss_fn(params, x, y):
         logits = nnx.merge(graphdef, params, rest)(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, acc
-
     evaluate = jax.jit(loss_fn)
     rng = np.random.default_rng(seed)
-    curve, train_losses = [], []
-    started = time.perf_counter()
     bs = config["batch_size"]
-    for k in tqdm(range(1, config["train_steps"] + 1), desc=desc, leave=False):
+    curve = []
+
+    def batch(_):
         idx = rng.choice(len(y_tr), bs, replace=False)
-        params, opt_state, loss, _ = step(params, opt_state, X_tr[idx], y_tr[idx])
-        train_losses.append(float(loss))
-        if k % config["eval_every"] == 0 or k == config["train_steps"]:
-            val_loss, val_acc = evaluate(params, X_val, y_val)
-            curve.append({"step": k, "val_loss": float(val_loss), "val_accuracy": float(val_acc)})
-    return {"curve": curve, "train_loss": train_losses, "train_s": time.perf_counter() - started}
+        return X_tr[idx], y_tr[idx]
+
+    def validate(k, params):
+        val_loss, val_acc = evaluate(params, X_val, y_val)
+        curve.append({"step": k, "val_loss": float(val_loss), "val_accuracy": float(val_acc)})
+
+    started = time.perf_counter()
+    run = harness.fit(
+        jax.jit(harness.train_step(loss_fn, tx)),
+        params,
+        tx.init(params),
+        batch,
+        steps=config["train_steps"],
+        desc=desc,
+        every=config["eval_every"],
+        on_every=validate,
+        leave=False,
+    )
+    return {"curve": curve, "train_loss": run.losses, "train_s": time.perf_counter() - started}
 
 
 def run_one(config, cell, seed, warm, data):
@@ -171,11 +173,7 @@ def summarise(config, runs, provenance, wall_s):
 
 
 def plot(config, runs, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     cells = list(dict.fromkeys(r["cell"] for r in runs))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(cells, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -194,14 +192,14 @@ def plot(config, runs, path):
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.warmup", __doc__, argv)
-    config = load_config(args.config, args.set)
-    out = args.out or config["out"] or f"results/warmup-{config['name']}"
+    args, config = harness.setup(
+        "python -m experiments.warmup", __doc__, DEFAULTS, argv, check=check_config
+    )
+    out = harness.output_prefix(args, config, "warmup")
     started = time.perf_counter()
     data = make_data(config)
     runs = []
@@ -214,13 +212,9 @@ def main(argv=None) -> None:
                 acc = r["final"]["val_accuracy"]
                 print(f"{cell} seed {seed} warm-up {warm}: val acc {acc:.3f} VAA {vaa_now}")
     wall = time.perf_counter() - started
-    provenance = _provenance.collect(config, args.config or "(defaults)", args.set)
+    provenance = harness.provenance(config, args.config, args.set)
     record = {"config": config, "provenance": provenance, "runs": runs, "wall_s": wall}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(record, indent=1) + "\n")
-    summary = summarise(config, runs, provenance, wall)
-    Path(f"{out}.md").write_text(summary)
-    print(summary)
+    harness.write_outputs(out, record, summarise(config, runs, provenance, wall))
     if config["figure"]:
         plot(config, runs, config["figure"])
         print(f"figure: {config['figure']}")

@@ -1,8 +1,8 @@
 """Is ``method: auto`` ever slower than the better fixed method? The same training run with
 ``sequential``, a parallel method and ``auto``: wall time, step-time curves, accuracy.
 
-``python -m benchmarks.auto_method --config configs/experiments/auto_cpu.yaml --out DIR [--methods ...]
-[--max-steps N]``
+``python -m experiments.auto_method --config configs/experiments/auto_cpu.yaml --out DIR
+[--methods ...] [--max-steps N]``
 
 The config is a :mod:`rnnscan.train` configuration plus a top-level ``methods:`` list (the
 values of ``model.method`` to compare; default ``[sequential, newton, auto]``). Each run goes
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from . import _provenance
+from . import harness
 
 DEFAULT_METHODS = ("sequential", "newton", "auto")
 
@@ -111,7 +111,7 @@ def _plot(runs: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.auto_method", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiments.auto_method", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="the output directory")
     parser.add_argument("--methods", nargs="*", help="override the config's methods list")
@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     for method in methods:
         print(f"== {method}", flush=True)
         runs.append(_run(config, method, args.out))
-    provenance = _provenance.collect(config, str(args.config), [])
+    provenance = harness.provenance(config, str(args.config))
     (args.out / "auto-method.json").write_text(
         json.dumps({"provenance": provenance, "runs": runs}, indent=1)
     )
-    title = _provenance.training_run_title(config, provenance)
+    title = harness.training_run_title(config, provenance)
     table = _table(runs)
     (args.out / "auto-method.md").write_text(f"{title}\n\n{table}\n")
     _plot(runs, args.out / "auto-method.png", title)

@@ -1,6 +1,7 @@
 """CfC cells on an irregularly sampled task: dense vs low-rank vs low-rank + sparse recurrence.
 
-``python -m benchmarks.cfc --config configs/experiments/cfc_cpu.yaml [--out PREFIX] [--set key=value]``
+``python -m experiments.cfc --config configs/experiments/cfc_cpu.yaml [--out PREFIX]
+[--set key=value]``
 
 Closed-form continuous-time cells (Hasani et al., Nature MI 2022) read the time elapsed since
 the previous observation, so they take irregularly sampled sequences as they come; Tumma et
@@ -23,9 +24,7 @@ figure (``figure:`` in the config).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,12 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 import rnnscan.nn as rn
-from rnnscan.nn._cfc import CfCCell
 
-from . import _experiment, _provenance
+from . import harness
 
 DEFAULTS: dict[str, Any] = {
     "name": "cfc",
@@ -71,11 +68,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    config = _experiment.load_config(DEFAULTS, path, overrides)
-    return config
-
-
 # --- data: damped oscillators at random times ------------------------------------------------
 
 
@@ -106,7 +98,7 @@ class Model(nnx.Module):
     """A CfC layer reading [q̃, Δt] and a linear read-out of (q, q')."""
 
     def __init__(self, config, spec, method, dtype, rngs):
-        cell = CfCCell(
+        cell = rn.CfCCell(
             2,
             config["hidden"],
             rank=spec["rank"],
@@ -125,70 +117,53 @@ class Model(nnx.Module):
         return self.readout(hs), stats
 
 
-def count_params(model) -> int:
-    return sum(
-        int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
-    )
-
-
 def train(config, spec, method, data, test_data, dtype):
     model = Model(config, spec, method, dtype, nnx.Rngs(config["seed"]))
-    optimizer = nnx.Optimizer(model, optax.adam(config["learning_rate"]), wrt=nnx.Param)
-    xs, ys = data
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimiser = optax.adam(config["learning_rate"])
 
-    @nnx.jit
-    def step(model, optimizer, xs, ys):
-        def loss_fn(model):
-            pred, stats = model(xs)
-            return jnp.mean((pred - ys) ** 2), stats
+    def loss_fn(params, xs, ys):
+        pred, stats = nnx.merge(graphdef, params, rest)(xs)
+        return jnp.mean((pred - ys) ** 2), (jnp.mean(stats.iterations), jnp.sum(stats.fell_back))
 
-        (loss, stats), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
-        return loss, jnp.mean(stats.iterations), jnp.sum(stats.fell_back)
-
-    @nnx.jit
-    def evaluate(model, xs, ys):
+    @jax.jit
+    def evaluate(params, xs, ys):
         # flax's sequential scan: the same values, without compiling a second parallel solve.
+        model = nnx.merge(graphdef, params, rest)
         pred = model.readout(nnx.RNN(model.rnn.cell)(xs))
         return jnp.mean((pred - ys) ** 2), pred
 
-    label = f"{spec['label']} / {method}"
-    start = time.perf_counter()
-    jax.block_until_ready(step(model, optimizer, xs, ys))  # compile + step 0
-    compile_s = time.perf_counter() - start
-    model = Model(config, spec, method, dtype, nnx.Rngs(config["seed"]))  # restart cleanly
-    optimizer = nnx.Optimizer(model, optax.adam(config["learning_rate"]), wrt=nnx.Param)
-    losses, times, iterations, fallbacks = [], [], [], []
-    for _ in tqdm(range(config["steps"]), desc=f"cfc {label}", unit="step"):
-        start = time.perf_counter()
-        loss, its, fell = jax.block_until_ready(step(model, optimizer, xs, ys))
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss))
-        iterations.append(float(its))
-        fallbacks.append(int(fell))
-    test_loss, test_pred = evaluate(model, *test_data)
-    timed = np.asarray(times[config["warmup_steps"] :])
-    cell = model.rnn.cell
+    step = jax.jit(harness.train_step(loss_fn, optimiser))
+    run = harness.fit(
+        step,
+        params,
+        optimiser.init(params),
+        data,
+        steps=config["steps"],
+        desc=f"cfc {spec['label']} / {method}",
+        compile_ahead=True,
+    )
+    test_loss, test_pred = evaluate(run.params, *test_data)
+    cell = nnx.merge(graphdef, run.params, rest).rnn.cell
     return {
         "label": spec["label"],
         "rank": spec["rank"],
         "sparsity": spec["sparsity"],
         "method": method,
-        "params": count_params(model),
-        "cell_params": count_params(cell),
+        "params": harness.count_params(run.params),
+        "cell_params": harness.count_params(nnx.state(cell, nnx.Param)),
         "recurrent_params": int(
             cell.hidden_features * cell.recurrent_width
             if cell.rank is None
             else cell.rank * (cell.hidden_features + cell.recurrent_width)
         ),
-        "compile_s": compile_s,
-        "losses": losses,
+        "compile_s": run.compile_s,
+        "losses": run.losses,
         "test_mse": float(test_loss),
-        "step_times_s": times,
-        "step_time_median_s": float(np.median(timed)),
-        "step_time_iqr_s": [float(np.percentile(timed, 25)), float(np.percentile(timed, 75))],
-        "newton_iterations_mean": iterations,
-        "fallbacks": fallbacks,
+        "step_times_s": run.step_times_s,
+        **harness.step_time_summary(run.step_times_s, config["warmup_steps"]),
+        "newton_iterations_mean": [its for its, _ in run.aux],
+        "fallbacks": [int(fell) for _, fell in run.aux],
     }, np.asarray(test_pred[0])
 
 
@@ -239,11 +214,7 @@ def summarise(config, runs, provenance) -> str:
 
 
 def plot(config, runs, test_inputs, test_targets, tau, predictions, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run in runs:
         style = "-" if run["method"] != "sequential" else "--"
@@ -274,17 +245,13 @@ def plot(config, runs, test_inputs, test_targets, tau, predictions, path):
         f"n = {config['hidden']}, {config['dtype']}, {device}, jax {jax.__version__}"
     )
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.cfc", __doc__, argv)
-    config = load_config(args.config, args.set)
-    if config["dtype"] == "float64":
-        jax.config.update("jax_enable_x64", True)
+    args, config = harness.setup("python -m experiments.cfc", __doc__, DEFAULTS, argv)
     dtype = jnp.dtype(config["dtype"])
-    out = args.out or config["out"] or f"results/cfc-{config['name']}"
+    out = harness.output_prefix(args, config, "cfc")
 
     started = time.perf_counter()
     xs, ys, _ = oscillator_data(config["seed"], config, config["sequences"], dtype)
@@ -299,18 +266,14 @@ def main(argv=None) -> None:
             if method == config["methods"][0]:
                 predictions[spec["label"]] = pred
 
-    provenance = _provenance.collect(config, args.config or "(defaults)", args.set)
+    provenance = harness.provenance(config, args.config, args.set)
     record = {
         "config": config,
         "provenance": provenance,
         "wall_s": time.perf_counter() - started,
         "runs": runs,
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(record, indent=1) + "\n")
-    summary = summarise(config, runs, provenance)
-    Path(f"{out}.md").write_text(summary)
-    print(summary)
+    harness.write_outputs(out, record, summarise(config, runs, provenance))
     print(f"wall time: {record['wall_s']:.0f} s")
     if config["figure"]:
         plot(

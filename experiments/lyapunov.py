@@ -1,7 +1,7 @@
 """Lyapunov exponents vs parallel iterations: does ``rnnscan.diagnostics`` predict the solve?
 
-``python -m benchmarks.lyapunov --config configs/experiments/lyapunov.yaml --out R.jsonl [--plot FIG.png]
-[--report R.md] [--split holdout]``
+``python -m experiments.lyapunov --config configs/experiments/lyapunov.yaml --out R.jsonl
+[--plot FIG.png] [--report R.md] [--split holdout]``
 
 For every problem of the config (a tanh RNN, h' = tanh(gain W h + U x + b), or an
 ``rnnscan.nn`` cell with its recurrent weights multiplied by ``scale``) and every scale:
@@ -23,7 +23,6 @@ or ``holdout2`` (not used for them; the acceptance numbers are reported on these
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -38,35 +37,27 @@ from tqdm import tqdm
 import rnnscan
 import rnnscan.diagnostics
 
-from . import _provenance
-from .hard_dynamics import _step as _tanh_step
-from .hard_dynamics import _weights as _tanh_weights
-
-NNX_CELLS = {
-    "gru": "GRUCell",
-    "lstm": "LSTMCell",
-    "diag_gru": "DiagGRUCell",
-    "diag_lstm": "DiagLSTMCell",
-}
-METHODS = {
-    "newton": rnnscan.Newton,
-    "quasi_newton": rnnscan.QuasiNewton,
-    "fixed_point": rnnscan.FixedPoint,
-}
+from . import harness
+from .hard_dynamics import random_weights, step_function
 
 
 def make_problem(cell: str, n: int, d: int, dtype, seed: int):
     """``(params, init, make_f, structure)``: ``make_f(params, scale)`` is the step function
     with recurrent weights scaled by ``scale`` (an argument of the compiled programs)."""
     if cell == "tanh":
-        weights = _tanh_weights(jax.random.PRNGKey(seed), "tanh", n, d, dtype)
+        weights = random_weights(jax.random.PRNGKey(seed), "tanh", n, d, dtype)
         weights = jax.tree_util.tree_map(lambda w: w.astype(dtype), weights)
-        return weights, jnp.zeros(n, dtype), lambda w, g: _tanh_step("tanh", w, g), rnnscan.Dense()
+        return (
+            weights,
+            jnp.zeros(n, dtype),
+            lambda w, g: step_function("tanh", w, g),
+            rnnscan.Dense(),
+        )
     from flax import nnx
 
     from rnnscan import nn as cells
 
-    module = getattr(cells, NNX_CELLS[cell])(d, n, param_dtype=dtype, rngs=nnx.Rngs(seed))
+    module = cells.CELLS[cell](d, n, param_dtype=dtype, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(module)
     init = module.initialize_carry((d,))
 
@@ -135,7 +126,9 @@ def _programs(make_f, init, structure, methods):
 
     def solver(name):
         def solve(p, s, xs):
-            return rnnscan.solve(make_f(p, s), init, xs, method=METHODS[name](jacobian=structure))
+            return rnnscan.solve(
+                make_f(p, s), init, xs, method=rnnscan.method_class(name)(jacobian=structure)
+            )
 
         return jax.jit(solve)
 
@@ -150,7 +143,7 @@ def _programs(make_f, init, structure, methods):
 def run(config: dict, out: Path, config_path: str, splits, only=None) -> list[dict]:
     d = config["in_features"]
     methods = config["methods"]
-    provenance = _provenance.collect(config, config_path, [])
+    provenance = harness.provenance(config, config_path)
     problems = [
         p
         for i, p in enumerate(config["problems"])
@@ -176,7 +169,7 @@ def run(config: dict, out: Path, config_path: str, splits, only=None) -> list[di
                 sol = solves[name](*args)
                 repeats = config["repeats"] if name == "newton" else 1
                 t_solve = _median_time(solves[name], args, repeats)
-                method = METHODS[name](jacobian=structure).resolved(dtype, T)
+                method = rnnscan.method_class(name)(jacobian=structure).resolved(dtype, T)
                 record = dict(
                     split=problem["split"],
                     cell=cell,
@@ -209,8 +202,7 @@ def run(config: dict, out: Path, config_path: str, splits, only=None) -> list[di
                     provenance=provenance,
                 )
                 records.append(record)
-                with out.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                harness.append_jsonl(out, record)
             bar.update()
     bar.close()
     return records
@@ -325,11 +317,7 @@ def report(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     methods = list(dict.fromkeys(r["method"] for r in records))
     fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 8.4), squeeze=False)
     markers = {"tanh": "o", "gru": "s", "lstm": "^", "diag_gru": "D", "diag_lstm": "v"}
@@ -381,8 +369,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.set_title(f"{method}: iterations against the LLE")
     axes[1][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def _iterations_against_lle(ax, rows, markers) -> None:
@@ -427,7 +414,7 @@ def _iterations_against_lle(ax, rows, markers) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.lyapunov")
+    parser = argparse.ArgumentParser(prog="python -m experiments.lyapunov")
     parser.add_argument("--config", default="configs/experiments/lyapunov.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--split", nargs="*", default=["calibration", "holdout", "holdout2"])
@@ -440,11 +427,11 @@ def main(argv=None) -> None:
     if config.get("dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
     if args.from_results:
-        records = [json.loads(line) for line in args.out.read_text().splitlines() if line]
+        records = harness.read_jsonl(args.out)
     else:
         run(config, args.out, args.config, set(args.split), args.problems)
         # Report on every record of the file (a run may have been completed in parts).
-        records = [json.loads(line) for line in args.out.read_text().splitlines() if line]
+        records = harness.read_jsonl(args.out)
     text = report(records)
     print(text)
     if args.report:

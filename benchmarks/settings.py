@@ -1,5 +1,6 @@
-"""What the experiment scripts (``python -m benchmarks.hnn``, ``cfc``, ``dale``, ``time_warp``,
-``warmup``) share: a config of defaults, a YAML file over them and ``--set`` overrides."""
+"""Settings of the suite's stand-alone scripts (``python -m benchmarks.linear_recurrence``) and
+of the research experiments (``experiments/``): a config of defaults, a YAML file over them
+and ``--set key=value`` overrides."""
 
 from __future__ import annotations
 

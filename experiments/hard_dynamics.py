@@ -1,6 +1,6 @@
 """Hard dynamics: every method on recurrences from contractive to chaotic.
 
-``python -m benchmarks.hard_dynamics --config configs/experiments/hard_dynamics.yaml --out R.jsonl
+``python -m experiments.hard_dynamics --config configs/experiments/hard_dynamics.yaml --out R.jsonl
 [--lengths 1000] [--plot FIGURE.png] [--report R.md]``
 
 A tanh RNN, h' = tanh(W h + U x + b), and a GRU, both with n = ``hidden`` units and recurrent
@@ -13,9 +13,6 @@ to ``jax.lax.scan`` (timed in the same process, calls interleaved round by round
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -26,7 +23,7 @@ from tqdm import tqdm
 
 import rnnscan
 
-from . import _provenance
+from . import harness
 
 # A strong input suppresses chaos in random tanh networks (Rajan, Abbott & Sompolinsky,
 # Phys. Rev. E 82, 2010): "tanh_driven" is the tanh cell with 3x the input weights, which
@@ -34,7 +31,7 @@ from . import _provenance
 _INPUT_SCALE = {"tanh": 1.0, "tanh_driven": 3.0, "gru": 1.0}
 
 
-def _weights(key, cell: str, n: int, d: int, dtype):
+def random_weights(key, cell: str, n: int, d: int, dtype):
     k1, k2, k3 = jax.random.split(key, 3)
     gates = 3 if cell == "gru" else 1
     return dict(
@@ -44,7 +41,7 @@ def _weights(key, cell: str, n: int, d: int, dtype):
     )
 
 
-def _step(cell: str, weights, gain):
+def step_function(cell: str, weights, gain):
     """The step function ``f(h, x) -> (h', h')`` with recurrent weights scaled by ``gain``."""
     W = gain * weights["W"]
 
@@ -63,57 +60,33 @@ def _step(cell: str, weights, gain):
     return {"tanh": tanh, "tanh_driven": tanh, "gru": gru}[cell]
 
 
-def _method(spec):
-    if isinstance(spec, str):
-        return spec, rnnscan.Sequential() if spec == "sequential" else spec
-    spec = dict(spec)
-    name = spec.pop("name")
-    label = name + "".join(f", {k}={v}" for k, v in spec.items())
-    cls = {
-        "newton": rnnscan.Newton,
-        "quasi_newton": rnnscan.QuasiNewton,
-        "fixed_point": rnnscan.FixedPoint,
-        "elk": rnnscan.ELK,
-        "quasi_elk": rnnscan.QuasiELK,
-    }[name]
-    return label, cls(**spec)
-
-
 def _programs(cell, methods, n, d, dtype):
     """One jitted program per method, taking (weights, gain, xs)."""
     h0 = jnp.zeros(n, dtype)
-    programs = {"sequential": jax.jit(lambda w, g, xs: jax.lax.scan(_step(cell, w, g), h0, xs)[1])}
+    programs = {
+        "sequential": jax.jit(lambda w, g, xs: jax.lax.scan(step_function(cell, w, g), h0, xs)[1])
+    }
     solves = {}
     for label, method in methods:
 
         def solve(w, g, xs, method=method):
-            return rnnscan.solve(_step(cell, w, g), h0, xs, method=method)
+            return rnnscan.solve(step_function(cell, w, g), h0, xs, method=method)
 
         solves[label] = jax.jit(solve)
         programs[label] = solves[label]
     return programs, solves
 
 
-def _interleaved_medians(programs, args, repeats):
-    times = {name: [] for name in programs}
-    for _ in range(repeats):
-        for name, fn in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run(config: dict, lengths, out: Path, config_path: str) -> list[dict]:
     dtype = jnp.dtype(config["dtype"])
     n, d = config["hidden"], config["in_features"]
-    methods = [_method(spec) for spec in config["methods"]]
-    provenance = _provenance.collect(config, config_path, [])
+    methods = [harness.method(spec) for spec in config["methods"]]
+    provenance = harness.provenance(config, config_path)
     records = []
     cases = [(cell, T) for cell in config["cells"] for T in lengths]
     for cell, T in tqdm(cases, desc="hard dynamics"):
         key = jax.random.PRNGKey(config["seed"])
-        weights = _weights(key, cell, n, d, dtype)
+        weights = random_weights(key, cell, n, d, dtype)
         xs = jax.random.normal(jax.random.fold_in(key, 1), (T, d), dtype)
         programs, solves = _programs(cell, methods, n, d, dtype)
         for gain in config["gains"]:
@@ -121,7 +94,7 @@ def run(config: dict, lengths, out: Path, config_path: str) -> list[dict]:
             reference = programs["sequential"](weights, g, xs)
             for fn in programs.values():  # compile (once per cell and T) and warm up
                 jax.block_until_ready(fn(weights, g, xs))
-            medians = _interleaved_medians(programs, (weights, g, xs), config["repeats"])
+            medians = harness.interleaved_medians(programs, (weights, g, xs), config["repeats"])
             for label, _ in methods:
                 sol = solves[label](weights, g, xs)
                 record = dict(
@@ -134,7 +107,7 @@ def run(config: dict, lengths, out: Path, config_path: str) -> list[dict]:
                     provenance=provenance,
                 )
                 records.append(record)
-                append_record(out, record)
+                harness.append_jsonl(out, record)
     return records
 
 
@@ -151,11 +124,6 @@ def solve_fields(label: str, sol, reference, medians: dict) -> dict:
         sequential_median_s=medians["sequential"],
         time_vs_sequential=medians[label] / medians["sequential"],
     )
-
-
-def append_record(out: Path, record: dict) -> None:
-    with out.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
 
 
 def report(records: list[dict]) -> str:
@@ -190,11 +158,7 @@ def report(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     groups = sorted({(r["cell"], r["length"]) for r in records})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
     for ax, (cell, T) in zip(axes[0], groups):
@@ -222,12 +186,11 @@ def plot(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hard_dynamics")
+    parser = argparse.ArgumentParser(prog="python -m experiments.hard_dynamics")
     parser.add_argument("--config", default="configs/experiments/hard_dynamics.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--lengths", type=int, nargs="*", help="override the config's lengths")

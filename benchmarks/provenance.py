@@ -108,21 +108,6 @@ def config_source(path: str | Path) -> str:
         return path.name
 
 
-def training_run_title(config: dict[str, Any], provenance: dict[str, Any]) -> str:
-    """One line naming an ``rnnscan.train`` configuration and where it ran: model, method
-    (if the config fixes one), length, dtype, batch, device and jax version."""
-    model = config.get("model", {})
-    synthetic = config.get("data", {}).get("synthetic", {})
-    method = f"method {model['method']}, " if "method" in model else ""
-    return (
-        f"{config['name']}: {model.get('cell')} {model.get('hidden_features')} x "
-        f"{model.get('num_blocks')}, {method}T={synthetic.get('seq_len', '?')}, "
-        f"{model.get('dtype')}, batch "
-        f"{config.get('train', {}).get('batch_size')}, {provenance['device']['device_kind']}, "
-        f"jax {provenance['versions']['jax']}"
-    )
-
-
 def collect(config: dict[str, Any], config_path: str | Path, overrides: list[str]) -> dict:
     """The provenance shared by every record of a run."""
     import jax

@@ -1,7 +1,7 @@
 """Unstable but not chaotic: where the damped methods converge and Newton diverges.
 
-``python -m benchmarks.unstable_systems --config configs/experiments/unstable_systems.yaml --out R.jsonl
-[--report R.md] [--plot FIGURE.png]``
+``python -m experiments.unstable_systems --config configs/experiments/unstable_systems.yaml
+--out R.jsonl [--report R.md] [--plot FIGURE.png]``
 
 Two systems whose trajectories are predictable (largest Lyapunov exponent < 0, measured by
 :func:`rnnscan.diagnostics.lyapunov_exponents` and recorded) but whose linearisations are
@@ -39,8 +39,8 @@ import rnnscan
 from rnnscan import ode
 from rnnscan.diagnostics import lyapunov_exponents
 
-from . import _provenance
-from .hard_dynamics import _interleaved_medians, _method, append_record, solve_fields
+from . import harness
+from .hard_dynamics import solve_fields
 
 _SHORT = {0: "ok", 1: "cap", 2: "nonfinite", 3: "diverged", 4: "stalled"}
 
@@ -103,8 +103,8 @@ def _programs(system: str, length: int, config: dict, dtype, methods):
 def run(config: dict, out: Path, config_path: str) -> list[dict]:
     if "float64" in config["dtypes"]:
         jax.config.update("jax_enable_x64", True)
-    methods = [_method(spec) for spec in config["methods"]]
-    provenance = _provenance.collect(config, config_path, [])
+    methods = [harness.method(spec) for spec in config["methods"]]
+    provenance = harness.provenance(config, config_path)
     records = []
     cases = [
         (system, length, dtype)
@@ -116,7 +116,7 @@ def run(config: dict, out: Path, config_path: str) -> list[dict]:
         dtype = jnp.dtype(dtype_name)
         programs, operand, lle = _programs(system, length, config, dtype, methods)
         solutions = {name: jax.block_until_ready(fn(operand)) for name, fn in programs.items()}
-        medians = _interleaved_medians(programs, (operand,), config["repeats"])
+        medians = harness.interleaved_medians(programs, (operand,), config["repeats"])
         reference = solutions["sequential"].ys
         for label, _ in methods:
             record = dict(
@@ -128,7 +128,7 @@ def run(config: dict, out: Path, config_path: str) -> list[dict]:
                 provenance=provenance,
             )
             records.append(record)
-            append_record(out, record)
+            harness.append_jsonl(out, record)
     return records
 
 
@@ -169,11 +169,7 @@ def report(records: list[dict]) -> str:
 
 def plot(records: list[dict], path: Path) -> None:
     """Iterations per method for every case; hatched bars fell back."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     keys = list(dict.fromkeys((r["system"], r["length"], r["dtype"]) for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
@@ -201,12 +197,11 @@ def plot(records: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.unstable_systems")
+    parser = argparse.ArgumentParser(prog="python -m experiments.unstable_systems")
     parser.add_argument("--config", default="configs/experiments/unstable_systems.yaml")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--report", type=Path)
