@@ -179,10 +179,7 @@ def summarise(config, runs, provenance) -> str:
         f"lr {config['learning_rate']}, {config['steps']} full-batch steps; median step time "
         f"after {config['warmup_steps']} warm-up steps.",
         "",
-        f"Device: {provenance['device']['device_kind']} ({provenance['device']['platform']}, "
-        f"{provenance['system']['cpu_count']} CPUs visible); jax "
-        f"{provenance['versions']['jax']}, jaxlib {provenance['versions']['jaxlib']}, "
-        f"python {provenance['versions']['python']}; {provenance['date_utc']}.",
+        harness.device_line(provenance),
         "",
         "| W_rec | method | params (W_rec) | final loss | held-out MSE | rel. loss diff vs "
         "sequential: step 0 / first 100 / all | Newton iterations (mean) | step time (median) "
@@ -239,19 +236,16 @@ def plot(config, runs, test_inputs, test_targets, tau, predictions, path):
         axes[2].plot(t, pred[:, 1], lw=1, label=f"predicted q' ({label})")
     axes[2].set(xlabel="time τ", title="held-out sequence: inferred velocity")
     axes[2].legend(fontsize=7)
-    device = jax.devices()[0].device_kind
-    fig.suptitle(
+    title = (
         f"CfC, irregular sampling: {config['sequences']} x {config['length']} observations, "
-        f"n = {config['hidden']}, {config['dtype']}, {device}, jax {jax.__version__}"
+        f"n = {config['hidden']}, {config['dtype']}"
     )
-    fig.tight_layout()
-    harness.save_figure(fig, path)
+    harness.save_figure(fig, path, title=title)
 
 
 def main(argv=None) -> None:
-    args, config = harness.setup("python -m experiments.cfc", __doc__, DEFAULTS, argv)
+    args, config, out = harness.setup("python -m experiments.cfc", __doc__, DEFAULTS, argv)
     dtype = jnp.dtype(config["dtype"])
-    out = harness.output_prefix(args, config, "cfc")
 
     started = time.perf_counter()
     xs, ys, _ = oscillator_data(config["seed"], config, config["sequences"], dtype)

@@ -441,20 +441,15 @@ def plot(config, entropy_rows, runs, path):
     ax.set(xlabel="training step", ylabel="training MSE (mean over seeds)", yscale="log")
     ax.set_title(f"training curves, n = {n_big}")
     ax.legend(fontsize=7)
-    fig.suptitle(
-        f"Dale's-law RNNs ({config['activation']}), adding T={config['task']['length']}, "
-        f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
-    )
-    fig.tight_layout()
-    harness.save_figure(fig, path)
+    title = f"Dale's-law RNNs ({config['activation']}), adding T={config['task']['length']}"
+    harness.save_figure(fig, path, title=title)
 
 
 def main(argv=None) -> None:
-    args, config = harness.setup(
+    args, config, out = harness.setup(
         "python -m experiments.dale", __doc__, DEFAULTS, argv, check=check_config
     )
     dtype = jnp.dtype(config["dtype"])
-    out = harness.output_prefix(args, config, "dale")
 
     start = time.perf_counter()
     entropy_rows = entropy_sweep(config, dtype)

@@ -12,7 +12,6 @@ to ``jax.lax.scan`` (timed in the same process, calls interleaved round by round
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import jax
@@ -190,21 +189,14 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.hard_dynamics")
-    parser.add_argument("--config", default="configs/experiments/hard_dynamics.yaml")
-    parser.add_argument("--out", required=True, type=Path)
+    parser = harness.records_parser(
+        "python -m experiments.hard_dynamics", "configs/experiments/hard_dynamics.yaml"
+    )
     parser.add_argument("--lengths", type=int, nargs="*", help="override the config's lengths")
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
     records = run(config, args.lengths or config["lengths"], args.out, args.config)
-    text = report(records)
-    print(text)
-    if args.report:
-        args.report.write_text("## Hard dynamics\n\n" + text)
-    if args.plot:
-        plot(records, args.plot)
+    harness.report_and_plot(records, args, "Hard dynamics", report, plot)
 
 
 if __name__ == "__main__":

@@ -41,26 +41,60 @@ RESULTS = REPO_ROOT / "results"
 
 
 def setup(prog: str, doc: str | None, defaults: dict[str, Any], argv=None, check=None):
-    """``(args, config)``: the command line of an experiment and its config (``defaults``, the
-    YAML file, the ``--set`` overrides, then ``check(config)`` if given, which raises on a bad
-    value); float64 enabled when ``config["dtype"]`` asks."""
+    """``(args, config, out)``: the command line of an experiment, its config (``defaults``,
+    the YAML file, the ``--set`` overrides, then ``check(config)`` if given, which raises on a
+    bad value) and its output prefix (``--out``, else the config's ``out``, else
+    ``results/<prog's last part>-<name>``); float64 enabled when ``config["dtype"]`` asks."""
     args = settings.parse_args(prog, doc, argv)
     config = settings.load_config(defaults, args.config, args.set)
     if check is not None:
         check(config)
     if config.get("dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
-    return args, config
+    stem = prog.rpartition(".")[2].replace("_", "-")
+    return args, config, args.out or config.get("out") or f"results/{stem}-{config['name']}"
 
 
-def output_prefix(args, config: dict[str, Any], stem: str) -> str:
-    """``--out``, else the config's ``out``, else ``results/<stem>-<name>``."""
-    return args.out or config.get("out") or f"results/{stem}-{config['name']}"
+def records_parser(prog: str, default_config: str, description: str | None = None):
+    """The command line of an experiment that appends JSON lines: ``--config`` (default
+    ``default_config``), ``--out R.jsonl``, ``--report R.md``, ``--plot FIGURE.png``; add
+    the experiment's own options to it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=default_config)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--report", type=Path)
+    parser.add_argument("--plot", type=Path)
+    return parser
+
+
+def report_and_plot(records, args, heading: str, report: Callable, plot: Callable) -> str:
+    """Print ``report(records)``; write it under ``## heading`` to ``--report`` and draw
+    ``plot(records, path)`` to ``--plot`` when given."""
+    text = report(records)
+    print(text)
+    if args.report:
+        Path(args.report).write_text(f"## {heading}\n\n" + text)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(records, args.plot)
+    return text
 
 
 def provenance(config: dict[str, Any], config_path, overrides=()) -> dict[str, Any]:
     """Where a result comes from (see ``benchmarks.provenance.collect``)."""
     return _provenance.collect(config, config_path or "(defaults)", list(overrides))
+
+
+def device_line(provenance: dict[str, Any]) -> str:
+    """The sentence of a summary that says where it ran: device, CPUs, versions, date."""
+    device, versions = provenance["device"], provenance["versions"]
+    return (
+        f"Device: {device['device_kind']} ({device['platform']}, "
+        f"{provenance['system']['cpu_count']} CPUs visible); jax {versions['jax']}, jaxlib "
+        f"{versions['jaxlib']}, python {versions['python']}; {provenance['date_utc']}."
+    )
 
 
 def training_run_title(config: dict[str, Any], provenance: dict[str, Any]) -> str:
@@ -222,8 +256,12 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, *, dpi: int = 120) -> None:
-    """Save ``fig`` (creating its folder) and close it."""
+def save_figure(fig, path: str | Path, *, dpi: int = 120, title: str | None = None) -> None:
+    """Save ``fig`` (creating its folder) and close it; with ``title``, first a title that
+    ends with the device and the jax version, and a tight layout."""
+    if title is not None:
+        fig.suptitle(f"{title}, {jax.devices()[0].device_kind}, jax {jax.__version__}")
+        fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)

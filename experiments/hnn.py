@@ -146,10 +146,7 @@ def summarise(config, runs, provenance) -> str:
         f"lr {config['learning_rate']}, {config['steps']} steps; median step time after "
         f"{config['warmup_steps']} warm-up steps.",
         "",
-        f"Device: {provenance['device']['device_kind']} ({provenance['device']['platform']}, "
-        f"{provenance['system']['cpu_count']} CPUs visible); jax "
-        f"{provenance['versions']['jax']}, jaxlib {provenance['versions']['jaxlib']}, "
-        f"python {provenance['versions']['python']}; {provenance['date_utc']}.",
+        harness.device_line(provenance),
         "",
         "| method | step time (median) | IQR | compile | first loss | final loss "
         "| rel. loss diff vs sequential: step 0 / max | Newton iterations (mean) "
@@ -198,19 +195,13 @@ def plot(config, runs, ts, observed, params_by_method, path):
         axes[2].plot(sol.ys[:, 0], sol.ys[:, 1], label=f"learned ({name})")
     axes[2].set(xlabel="q", ylabel="p", title="trajectory 0 after training")
     axes[2].legend(fontsize=8)
-    device = jax.devices()[0].device_kind
-    fig.suptitle(
-        f"HNN, {config['trajectories']} x {config['grid_points']} points, {config['dtype']}, "
-        f"{device}, jax {jax.__version__}"
-    )
-    fig.tight_layout()
-    harness.save_figure(fig, path)
+    title = f"HNN, {config['trajectories']} x {config['grid_points']} points, {config['dtype']}"
+    harness.save_figure(fig, path, title=title)
 
 
 def main(argv=None) -> None:
-    args, config = harness.setup("python -m experiments.hnn", __doc__, DEFAULTS, argv)
+    args, config, out = harness.setup("python -m experiments.hnn", __doc__, DEFAULTS, argv)
     dtype = jnp.dtype(config["dtype"])
-    out = harness.output_prefix(args, config, "hnn")
 
     key_data, key_model = jax.random.split(jax.random.PRNGKey(config["seed"]))
     ts = jnp.linspace(0.0, config["t_final"], config["grid_points"], dtype=dtype)

@@ -22,7 +22,6 @@ or ``holdout2`` (not used for them; the acceptance numbers are reported on these
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -414,31 +413,23 @@ def _iterations_against_lle(ax, rows, markers) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.lyapunov")
-    parser.add_argument("--config", default="configs/experiments/lyapunov.yaml")
-    parser.add_argument("--out", required=True, type=Path)
+    parser = harness.records_parser(
+        "python -m experiments.lyapunov", "configs/experiments/lyapunov.yaml"
+    )
     parser.add_argument("--split", nargs="*", default=["calibration", "holdout", "holdout2"])
     parser.add_argument("--problems", type=int, nargs="*", help="indices of config problems")
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("--plot", type=Path)
     parser.add_argument("--from-results", action="store_true", help="only report/plot --out")
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
     if config.get("dtype") == "float64":
         jax.config.update("jax_enable_x64", True)
-    if args.from_results:
-        records = harness.read_jsonl(args.out)
-    else:
+    if not args.from_results:
         run(config, args.out, args.config, set(args.split), args.problems)
-        # Report on every record of the file (a run may have been completed in parts).
-        records = harness.read_jsonl(args.out)
-    text = report(records)
-    print(text)
-    if args.report:
-        args.report.write_text("## Lyapunov exponents vs parallel iterations\n\n" + text)
-    if args.plot:
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot(records, args.plot)
+    # Report on every record of the file (a run may have been completed in parts).
+    records = harness.read_jsonl(args.out)
+    harness.report_and_plot(
+        records, args, "Lyapunov exponents vs parallel iterations", report, plot
+    )
 
 
 if __name__ == "__main__":

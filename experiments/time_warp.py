@@ -370,11 +370,7 @@ def plot(config, records, path):
     axes[2].plot(grid, grid - math.log10(config["source_tau"]), "k--", label="analytic log(τ/10)")
     axes[2].set(xlabel="log10 target τ", ylabel="log10 κ per unit", title="learned warps")
     axes[2].legend(fontsize=7)
-    fig.suptitle(
-        f"Time-warping LSTM transfer, {jax.devices()[0].device_kind}, jax {jax.__version__}"
-    )
-    fig.tight_layout()
-    harness.save_figure(fig, path, dpi=110)
+    harness.save_figure(fig, path, dpi=110, title="Time-warping LSTM transfer")
 
 
 def _rounded(value, digits: int = 4):
@@ -389,11 +385,10 @@ def _rounded(value, digits: int = 4):
 
 
 def main(argv=None) -> None:
-    args, config = harness.setup(
+    args, config, out = harness.setup(
         "python -m experiments.time_warp", __doc__, DEFAULTS, argv, check=check_config
     )
     dtype = jnp.dtype(config["dtype"])
-    out = harness.output_prefix(args, config, "time-warp")
 
     start = time.perf_counter()
     records = [run_seed(config, seed, dtype) for seed in config["seeds"]]

@@ -26,7 +26,6 @@ to the sequential scan (timed in the same process, calls interleaved round by ro
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import jax
@@ -201,20 +200,13 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.unstable_systems")
-    parser.add_argument("--config", default="configs/experiments/unstable_systems.yaml")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--report", type=Path)
-    parser.add_argument("--plot", type=Path)
+    parser = harness.records_parser(
+        "python -m experiments.unstable_systems", "configs/experiments/unstable_systems.yaml"
+    )
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
     records = run(config, args.out, args.config)
-    text = report(records)
-    print(text)
-    if args.report:
-        args.report.write_text("## Unstable, not chaotic\n\n" + text)
-    if args.plot:
-        plot(records, args.plot)
+    harness.report_and_plot(records, args, "Unstable, not chaotic", report, plot)
 
 
 if __name__ == "__main__":

@@ -196,10 +196,9 @@ def plot(config, runs, path):
 
 
 def main(argv=None) -> None:
-    args, config = harness.setup(
+    args, config, out = harness.setup(
         "python -m experiments.warmup", __doc__, DEFAULTS, argv, check=check_config
     )
-    out = harness.output_prefix(args, config, "warmup")
     started = time.perf_counter()
     data = make_data(config)
     runs = []
