@@ -82,15 +82,15 @@ dist: $(STAMP)
 	cd $(DIST_VENV) && bin/python $(CURDIR)/.ci/smoke.py sdist
 
 bench: $(STAMP)
-	$(PY) -m benchmarks --config configs/quick.yaml
+	$(PY) -m benchmarks --config configs/benchmarks/quick.yaml
 
 lint: $(STAMP)
-	$(PY) -m ruff check rnnscan benchmarks tests
-	$(PY) -m ruff format --check rnnscan benchmarks tests
+	$(PY) -m ruff check rnnscan benchmarks experiments tests
+	$(PY) -m ruff format --check rnnscan benchmarks experiments tests
 
 format: $(STAMP)
-	$(PY) -m ruff format rnnscan benchmarks tests
-	$(PY) -m ruff check --fix rnnscan benchmarks tests
+	$(PY) -m ruff format rnnscan benchmarks experiments tests
+	$(PY) -m ruff check --fix rnnscan benchmarks experiments tests
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) $(DIST_VENV) .pytest_cache .ruff_cache .hypothesis site dist build

@@ -1,6 +1,6 @@
 """Command line: run a sweep, render figures, print a report.
 
-python -m benchmarks --config configs/quick.yaml [--out PATH] [--set key=value ...]
+python -m benchmarks --config configs/benchmarks/quick.yaml [--out PATH] [--set key=value ...]
                      [--only axis=v1,v2 ...] [--resume] [--max-minutes M] [--dry-run]
 python -m benchmarks plot RESULTS.jsonl [MORE.jsonl ...] --out-dir DIR
 python -m benchmarks report RESULTS.jsonl [MORE.jsonl ...] [--out REPORT.md]
@@ -24,11 +24,12 @@ def run_parser() -> argparse.ArgumentParser:
             "Other commands: 'plot RESULTS.jsonl --out-dir DIR', 'report RESULTS.jsonl'."
         ),
     )
-    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/quick.yaml")
+    parser.add_argument(
+        "--config", required=True, help="YAML file, e.g. configs/benchmarks/quick.yaml"
+    )
     parser.add_argument(
         "--out",
-        help="results file to append to "
-        "(default: benchmarks/results/<config>-<device>-<date>.jsonl)",
+        help="results file to append to (default: results/<config>-<device>-<date>.jsonl)",
     )
     parser.add_argument(
         "--set",

@@ -1,22 +1,16 @@
-"""The cells a configuration can name, built from ``rnnscan.nn``."""
+"""The cells a configuration can name: the library's one table, ``rnnscan.nn.CELLS``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# Configuration name -> rnnscan.nn class name. Imported lazily, so that reading
-# configurations and results does not import JAX.
-CELL_CLASSES = {
-    "gru": "GRUCell",
-    "lstm": "LSTMCell",
-    "min_gru": "MinGRUCell",
-    "cprnn": "CPRNNCell",
-    "diag_gru": "DiagGRUCell",
-}
-CELL_NAMES = tuple(CELL_CLASSES)
+import rnnscan.nn
+
+# Configuration name -> rnnscan.nn cell class ("gru", "lstm", "min_gru", "cp_rnn", ...).
+CELL_NAMES = tuple(rnnscan.nn.CELLS)
 
 # Constructor arguments used unless the configuration's cell_options say otherwise.
-DEFAULT_CELL_OPTIONS: dict[str, dict[str, Any]] = {"cprnn": {"rank": 8}}
+DEFAULT_CELL_OPTIONS: dict[str, dict[str, Any]] = {"cp_rnn": {"rank": 8}}
 
 
 def cell_options(name: str, config_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -38,9 +32,7 @@ def make_cell(
     import jax.numpy as jnp
     from flax import nnx
 
-    import rnnscan.nn
-
-    cls = getattr(rnnscan.nn, CELL_CLASSES[name])
+    cls = rnnscan.nn.CELLS[name]
     init_dtype = "float32" if dtype in CAST_AFTER_INIT else dtype
     cell = cls(
         in_features,

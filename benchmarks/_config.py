@@ -1,5 +1,5 @@
-"""Benchmark configurations: YAML files in ``configs/``, command-line overrides, and the list
-of cases a configuration expands to.
+"""Benchmark configurations: YAML files in ``configs/benchmarks/``, command-line overrides,
+and the list of cases a configuration expands to.
 
 A configuration holds run settings (repeats, budgets, ...) and a list of ``grids``. Each grid
 is a Cartesian product over the axes in :data:`GRID_AXES`; the cases of all grids are
@@ -36,22 +36,19 @@ from typing import Any
 
 import yaml
 
+import rnnscan
+
 from ._cells import CELL_NAMES
 
 GRID_AXES = ("cells", "hidden", "length", "batch", "dtype", "methods", "modes", "devices")
 # Grid axes a grid may leave out, with their default values.
 OPTIONAL_AXES = {"devices": [1]}
 SIZE_AXES = ("hidden", "length", "batch", "devices")
+# The library's method names (rnnscan.METHOD_NAMES, from the method classes), then
 # "<method>_pallas": the method with linear_recurrence="pallas" (diagonal and block-diagonal
 # Jacobians).
-METHODS = (
-    "sequential",
-    "newton",
-    "quasi_newton",
-    "fixed_point",
-    "newton_pallas",
-    "quasi_newton_pallas",
-)
+PALLAS_METHODS = ("newton", "quasi_newton")
+METHODS = (*rnnscan.METHOD_NAMES, *(f"{name}_pallas" for name in PALLAS_METHODS))
 MODES = ("forward", "train")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 

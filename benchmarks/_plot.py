@@ -39,6 +39,8 @@ METHOD_STYLES = {
     "newton": dict(ls="-", marker="o"),
     "quasi_newton": dict(ls="--", marker="s"),
     "fixed_point": dict(ls=":", marker="^"),
+    "elk": dict(ls=":", marker="P"),
+    "quasi_elk": dict(ls=":", marker="X"),
     "newton_pallas": dict(ls="-.", marker="D"),
     "quasi_newton_pallas": dict(ls="-.", marker="v"),
 }
@@ -47,6 +49,8 @@ METHOD_COLOURS = {
     "newton": "tab:blue",
     "quasi_newton": "tab:orange",
     "fixed_point": "tab:green",
+    "elk": "tab:brown",
+    "quasi_elk": "tab:pink",
     "newton_pallas": "tab:purple",
     "quasi_newton_pallas": "tab:red",
 }
@@ -195,10 +199,17 @@ def _curves(
             ax = axes[i][j]
             for method in METHOD_ORDER:
                 line = sorted(points.get((mode, n, method), []))
-                colour = METHOD_COLOURS[method]
+                colour = METHOD_COLOURS.get(method, "tab:gray")
                 if line:
                     xs, ys = zip(*line)
-                    ax.plot(xs, ys, ms=3, color=colour, label=method, **METHOD_STYLES[method])
+                    ax.plot(
+                        xs,
+                        ys,
+                        ms=3,
+                        color=colour,
+                        label=method,
+                        **METHOD_STYLES.get(method, {"marker": "."}),
+                    )
                 marks = crosses.get((mode, n, method))
                 if marks:
                     xs, ys = zip(*marks)

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from . import _memory, _programs, _provenance, _results, _timing
+from . import _memory, _programs, _results, _timing
+from . import provenance as _provenance
 from ._config import Case, expand_cases, select
 
 # Marks a reference that could not be computed (its case was skipped, ran out of memory or
@@ -34,9 +35,9 @@ class OutOfTime(Exception):
 
 
 def default_output(config: dict[str, Any], tag: str) -> Path:
-    """``benchmarks/results/<config>-<device>-<date>.jsonl``."""
+    """``results/<config>-<device>-<date>.jsonl`` in the repository root (outside the package)."""
     date = time.strftime("%Y-%m-%d", time.gmtime())
-    return Path(__file__).resolve().parent / "results" / f"{config['name']}-{tag}-{date}.jsonl"
+    return _provenance.REPO_ROOT / "results" / f"{config['name']}-{tag}-{date}.jsonl"
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
 """The hot loop alone: the diagonal linear recurrence x_t = a_t * x_{t-1} + b_t by
 ``jax.lax.associative_scan`` against the chunked Pallas kernel, side by side in one run.
 
-``python -m benchmarks.linear_recurrence --config configs/linear_recurrence_gpu.yaml
---out benchmarks/results/linear-recurrence-<device>-<date> [--set lengths=[65536]]``
+``python -m benchmarks.linear_recurrence --config configs/benchmarks/linear_recurrence_gpu.yaml
+--out results/linear-recurrence-<device>-<date> [--set lengths=[65536]]``
 
 For every (length T, width n, dtype): a batch of ``batch`` independent recurrences (jitted,
 ``jax.vmap``), both backends, calls interleaved round by round so that drifts in the
@@ -29,7 +29,8 @@ from tqdm import tqdm
 import rnnscan
 from rnnscan._linear_recurrence import linear_recurrence
 
-from . import _experiment, _provenance
+from . import provenance as _provenance
+from . import settings
 
 DEFAULTS = {
     "name": "linear_recurrence",
@@ -101,8 +102,8 @@ def _table(records: list[dict], backends: list[str]) -> str:
 
 
 def main(argv=None) -> None:
-    args = _experiment.parse_args("python -m benchmarks.linear_recurrence", __doc__, argv)
-    config = _experiment.load_config(DEFAULTS, args.config, args.set)
+    args = settings.parse_args("python -m benchmarks.linear_recurrence", __doc__, argv)
+    config = settings.load_config(DEFAULTS, args.config, args.set)
     if "float64" in config["dtypes"]:
         jax.config.update("jax_enable_x64", True)
     backends = list(config["backends"])

@@ -1,7 +1,7 @@
 """Per-device memory of a time-split training step at D = 1, 2, 4, 8 devices.
 
 ``python -m benchmarks.sharded_memory [--hidden 32] [--length 16384] [--devices 1,2,4,8]
-[--out benchmarks/results/sharded-memory-<device>-<date>]``
+[--out results/sharded-memory-<device>-<date>]``
 
 Compiles (does not run) ``jax.value_and_grad`` of the mean square of the outputs of a GRU
 (``rnnscan.nn.GRUCell``, dense Newton, one sequence) w.r.t. its parameters, with the time
@@ -40,10 +40,10 @@ from jax.sharding import Mesh  # noqa: E402
 import rnnscan  # noqa: E402
 import rnnscan.nn  # noqa: E402
 
-from . import _provenance  # noqa: E402
+from . import provenance  # noqa: E402
 from ._memory import xla_memory_analysis  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = provenance.REPO_ROOT / "results"
 
 
 def compiled_step(hidden: int, length: int, devices: int, dtype):
@@ -64,9 +64,9 @@ def compiled_step(hidden: int, length: int, devices: int, dtype):
 
 
 def measure(hidden: int, length: int, devices: list[int], dtype) -> list[dict]:
-    device = _provenance.device_description()
-    versions = _provenance.library_versions()
-    git = _provenance.git_state()
+    device = provenance.device_description()
+    versions = provenance.library_versions()
+    git = provenance.git_state()
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     records = []
     for D in devices:
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     devices = [int(d) for d in args.devices.split(",")]
     records = measure(args.hidden, args.length, devices, jnp.dtype(args.dtype))
     if args.out is None:
-        tag = _provenance.device_tag(records[0]["device"]) if records[0]["status"] == "ok" else "x"
+        tag = provenance.device_tag(records[0]["device"]) if records[0]["status"] == "ok" else "x"
         day = datetime.date.today().isoformat()
         args.out = str(RESULTS / f"sharded-memory-{tag}-{day}")
     out = Path(args.out)

@@ -16,7 +16,7 @@ from conftest import OPTIMIZATION_FLAG
 from benchmarks import _config, _report, _results
 
 REPO = Path(__file__).resolve().parent.parent
-QUICK = REPO / "configs" / "quick.yaml"
+QUICK = REPO / "configs" / "benchmarks" / "quick.yaml"
 TINY = [
     "--set",
     "length=[8]",
@@ -140,9 +140,9 @@ def test_unstable_systems_report_regenerates_the_committed_table(tmp_path):
     """The committed results file, read back through report() and plot(), gives the
     committed markdown table (what the docs quote) and a figure."""
     pytest.importorskip("matplotlib")
-    from benchmarks import unstable_systems
+    from experiments import unstable_systems
 
-    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    results = Path(__file__).resolve().parent.parent / "results"
     records = [
         json.loads(line)
         for line in (results / "unstable-systems-cpu-2026-12-01.jsonl").read_text().splitlines()

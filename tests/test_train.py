@@ -28,7 +28,7 @@ from rnnscan.train import ConfigError, TrainConfig, load_config, train
 from rnnscan.train.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "configs" / "train"
 
 # Volatile fields: wall-clock times and which step happened to compile in this process.
 VOLATILE = {"step_time_s", "time_s", "includes_compile"}

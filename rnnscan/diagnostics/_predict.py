@@ -123,8 +123,9 @@ def _features(traj: _Trajectory) -> Features:
 # ---------------------------------------------------------------------------------------------
 # The predictor
 
-# Constants of the predictor (see ``parallelizability``), calibrated by benchmarks/lyapunov.py
-# on the "calibration" problems of configs/lyapunov.yaml (float64); see docs/diagnostics.md.
+# Constants of the predictor (see ``parallelizability``), calibrated by experiments/lyapunov.py
+# on the "calibration" problems of configs/experiments/lyapunov.yaml (float64); see
+# docs/diagnostics.md.
 NEWTON_BASE = 4.0  # iterations of the quadratic phase
 NEWTON_SCALE = 0.75  # N = base + scale * S ** power
 NEWTON_POWER = 0.5
@@ -348,7 +349,7 @@ def parallelizability(
     tanh RNN near its edge of chaos needs many more iterations than a GRU with the same
     lambda_1).
 
-    The predictor (constants calibrated on ``benchmarks/lyapunov.py``, see
+    The predictor (constants calibrated on ``experiments/lyapunov.py``, see
     docs/diagnostics.md for the measured error):
 
     - Newton (and quasi-Newton with a diagonal Jacobian, where it *is* Newton):

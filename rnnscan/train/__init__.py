@@ -1,6 +1,6 @@
 """Train sequence classifiers on long time series, with RNNs evaluated in parallel over time.
 
-The pipeline behind ``python -m rnnscan.train --config configs/eigenworms_gru.yaml``:
+The pipeline behind ``python -m rnnscan.train --config configs/train/eigenworms_gru.yaml``:
 an :class:`rnnscan.nn.SequenceClassifier` (any cell, any solver), optax (Adam/AdamW,
 global-norm clipping, a schedule), early stopping on validation accuracy with the best
 parameters evaluated on the test part, orbax checkpoints from which a killed run
@@ -10,7 +10,7 @@ Example::
 
     from rnnscan.train import load_config, train
 
-    config = load_config("configs/worm_sample_small.yaml", ["train.epochs=5"])
+    config = load_config("configs/train/worm_sample_small.yaml", ["train.epochs=5"])
     result = train(config)
     result.summary["test"]["accuracy"], result.out_dir
 

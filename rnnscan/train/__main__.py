@@ -1,4 +1,4 @@
-"""Command line: ``python -m rnnscan.train --config configs/eigenworms_gru.yaml [overrides]``.
+"""Command line: ``python -m rnnscan.train --config configs/train/eigenworms_gru.yaml [overrides]``.
 
 Overrides, applied in order after the config file:
 
@@ -209,7 +209,7 @@ def _load(args: argparse.Namespace, overrides: list[str], parser: argparse.Argum
     if args.config is not None and not args.config.is_file():
         raise ConfigError(
             f"--config {args.config}: no such file; give a YAML config such as "
-            "configs/uea.yaml, or leave --config out for the defaults."
+            "configs/train/uea.yaml, or leave --config out for the defaults."
         )
     return load_config(args.config, overrides)
 

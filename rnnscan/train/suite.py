@@ -1,6 +1,6 @@
 """Archive runner: one configuration over many UEA/UCR problems, beside 1-NN baselines.
 
-``python -m rnnscan.train.suite --data-dir DIR [--config configs/uea.yaml]
+``python -m rnnscan.train.suite --data-dir DIR [--config configs/train/uea.yaml]
 [--problems A B ...] [--out-dir OUT] [--set KEY=VALUE ...]``
 
 Every problem found in ``DIR`` (``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``, directly
@@ -220,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train one configuration on many UEA/UCR problems; compare with 1-NN.",
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="directory of .ts files")
-    parser.add_argument("--config", type=Path, help="YAML config (e.g. configs/uea.yaml)")
+    parser.add_argument("--config", type=Path, help="YAML config (e.g. configs/train/uea.yaml)")
     parser.add_argument("--problems", nargs="+", metavar="NAME", help="default: all found")
     parser.add_argument("--out-dir", type=Path, help="default: runs/suite-<timestamp>")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
