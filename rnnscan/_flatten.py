@@ -108,9 +108,11 @@ def _check_length(length):
         raise ValueError(f"length must be a non-negative Python int, got {length!r}")
 
 
-def check_step_function(f, init, xs) -> Any:
+def check_step_function(f, init, xs) -> tuple[Any, Any]:
     """Trace ``f`` once (abstractly) and check it returns ``(carry, y)`` with the carry's
-    structure, shapes and dtypes unchanged. Returns the abstract ``y``."""
+    structure, shapes and dtypes unchanged. Returns ``(init, y)``: ``init`` with its weakly
+    typed leaves (Python numbers) cast to the dtype ``f`` gives them, as ``jax.lax.scan``
+    does, and the abstract ``y``."""
     x0 = jax.tree_util.tree_map(
         lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[1:], jnp.result_type(leaf)), xs
     )
@@ -128,14 +130,22 @@ def check_step_function(f, init, xs) -> Any:
         raise TypeError(
             f"f changed the carry's pytree structure: init is {init_def} but f returned {new_def}"
         )
+    promoted = []
     for (path, old), new in zip(
         jax.tree_util.tree_leaves_with_path(init), jax.tree_util.tree_leaves(new_carry)
     ):
         old_shape, old_dtype = jnp.shape(old), jnp.result_type(old)
+        if new.shape == old_shape and new.dtype != old_dtype and _weakly_typed(old):
+            old, old_dtype = jnp.asarray(old, new.dtype), new.dtype
         if new.shape != old_shape or new.dtype != old_dtype:
             raise TypeError(
                 f"f changed the carry at {_path('carry', path)}: it came in as "
                 f"{old_dtype}{list(old_shape)} and went out as {new.dtype}{list(new.shape)}; "
                 "the carry's shapes and dtypes must stay fixed (as in jax.lax.scan)"
             )
-    return y
+        promoted.append(old)
+    return jax.tree_util.tree_unflatten(init_def, promoted), y
+
+
+def _weakly_typed(leaf) -> bool:
+    return isinstance(leaf, (int, float, complex)) or bool(getattr(leaf, "weak_type", False))

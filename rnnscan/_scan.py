@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._closure import closure_convert
 from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
@@ -25,22 +26,53 @@ def _flip(tree):
     return jax.tree_util.tree_map(lambda leaf: jnp.flip(leaf, axis=0), tree)
 
 
-def _sequential_solution(f, init, xs, length, unroll) -> Solution:
+def _statistics(dtype) -> dict:
+    """The statistics of a solve that needed no iteration."""
+    return dict(
+        iterations=jnp.array(0, jnp.int32),
+        residual=jnp.zeros((), dtype),
+        result=jnp.array(RESULTS.successful, jnp.int32),
+        fell_back=jnp.array(False),
+    )
+
+
+def _statistics_dtype(init):
+    """The carry's real dtype, or the default float one for carries that have none."""
+    inexact = [
+        jnp.finfo(jnp.result_type(leaf)).dtype
+        for leaf in jax.tree_util.tree_leaves(init)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.result_type(*inexact) if inexact else jnp.result_type(float)
+
+
+def _sequential_solution(f, init, xs, length, reverse, unroll) -> Solution:
     def step(carry, x):
         carry, y = f(carry, x)
         return carry, (carry, y)
 
-    final_carry, (carries, ys) = jax.lax.scan(step, init, xs, length=length, unroll=unroll)
-    zero = jnp.zeros((), carry_dtype(init))
-    return Solution(
-        final_carry=final_carry,
-        carries=carries,
-        ys=ys,
-        iterations=jnp.array(0, jnp.int32),
-        residual=zero,
-        result=jnp.array(RESULTS.successful, jnp.int32),
-        fell_back=jnp.array(False),
+    final_carry, (carries, ys) = jax.lax.scan(
+        step, init, xs, length=length, reverse=reverse, unroll=unroll
     )
+    return Solution(
+        final_carry=final_carry, carries=carries, ys=ys, **_statistics(_statistics_dtype(init))
+    )
+
+
+def _map_solution(f, init, xs, length) -> Solution:
+    """An empty carry: nothing couples the steps, so the outputs are a parallel map."""
+    if jax.tree_util.tree_leaves(xs):
+        ys = jax.vmap(lambda x: f(init, x)[1])(xs)
+    else:
+        y = f(init, xs)[1]
+        ys = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (length,) + leaf.shape), y)
+    return Solution(final_carry=init, carries=init, ys=ys, **_statistics(jnp.result_type(float)))
+
+
+def _check_unroll(unroll):
+    """``jax.lax.scan``'s rule, for every method (only ``"sequential"`` uses it)."""
+    if not (isinstance(unroll, bool) or (isinstance(unroll, (int, np.integer)) and unroll >= 0)):
+        raise ValueError(f"unroll must be a bool or a non-negative int, got {unroll!r}")
 
 
 def solve(
@@ -122,8 +154,9 @@ def solve(
         xs: a pytree of arrays with a common leading time axis, or ``None`` with ``length``.
         length: the number of steps; required when ``xs`` is ``None``.
         reverse: run from the last step to the first, as in ``jax.lax.scan``.
-        unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (accepted by every
-            method, so that a ``jax.lax.scan`` call site can switch by changing its name).
+        unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (accepted and
+            checked as ``jax.lax.scan`` checks it by every method, so that a
+            ``jax.lax.scan`` call site can switch by changing its name).
         method: ``"newton"`` (default), ``"quasi_newton"``, ``"fixed_point"``, ``"elk"``,
             ``"quasi_elk"``,
             ``"sequential"`` or a method object.
@@ -168,12 +201,20 @@ def solve(
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
-    T = sequence_length(xs, length)
-    carry_dtype(init)
-    init = jax.tree_util.tree_map(jnp.asarray, init)
-    check_step_function(f, init, xs)
     if not isinstance(diagnostics, bool):
         raise TypeError(f"diagnostics must be a bool, got {diagnostics!r}")
+    _check_unroll(unroll)
+    T = sequence_length(xs, length)
+    init = jax.tree_util.tree_map(jnp.asarray, init)
+    if method.exact and axis_name is None and not diagnostics:
+        # jax.lax.scan itself: every carry it accepts (integer, boolean, PRNG keys too).
+        return _sequential_solution(f, init, xs, T, reverse, unroll)
+    init, _ = check_step_function(f, init, xs)
+    if not jax.tree_util.tree_leaves(init):
+        if diagnostics:
+            raise ValueError("diagnostics=True: the carry is empty, there is no dynamics to probe")
+        return _map_solution(f, init, xs, T)
+    carry_dtype(init)
     if axis_name is not None:
         if diagnostics:
             raise ValueError(
@@ -187,7 +228,7 @@ def solve(
         guess = None if guess is None else _flip(guess)
 
     if method.exact or T == 0:
-        sol = _sequential_solution(f, init, xs, T, unroll)
+        sol = _sequential_solution(f, init, xs, T, False, unroll)
     else:
         sol = _parallel_solution(f, init, xs, T, method, on_failure, guess)
     if diagnostics:
@@ -227,15 +268,11 @@ def _split_sequential_solution(f, init, xs, T, timeline: Timeline) -> Solution:
     carries = timeline.sequential(lambda c, x: f(c, x)[0], init, xs, T)
     c_prev = timeline.shift(init, carries)
     ys = jax.vmap(lambda c, x: f(c, x)[1])(c_prev, xs)
-    zero = jnp.zeros((), carry_dtype(init))
     return Solution(
         final_carry=timeline.last(carries),
         carries=carries,
         ys=ys,
-        iterations=jnp.array(0, jnp.int32),
-        residual=zero,
-        result=jnp.array(RESULTS.successful, jnp.int32),
-        fell_back=jnp.array(False),
+        **_statistics(carry_dtype(init)),
     )
 
 
@@ -244,7 +281,7 @@ def _parallel_solution(
 ) -> Solution:
     c0, flatten, unflatten = make_flattener(init)
     # The cap T + 1 is about the whole sequence: T is this device's block when time is split.
-    method = method.resolved(c0.dtype, T * timeline.devices())
+    method = method.resolved(c0.dtype, T * timeline.devices(), structure=declared_structure(f))
     method.jacobian.validate(c0.shape[0])
     timeline = dataclasses.replace(timeline, backend=getattr(method, "linear_recurrence", "auto"))
 
@@ -329,6 +366,7 @@ def scan(
         xs,
         length,
         reverse,
+        unroll,
         method=method,
         on_failure=on_failure,
         guess=guess,

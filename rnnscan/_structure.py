@@ -29,7 +29,7 @@ def _eye_like(c: jax.Array) -> jax.Array:
     """The n x n identity with ``c``'s type: adding ``zeros_like(c)`` (exact, folded away by
     XLA) makes it device-varying where ``c`` is (inside ``jax.shard_map``), as
     ``jax.linearize`` requires of tangents of a varying primal."""
-    return jnp.eye(c.shape[0], dtype=c.dtype) + jnp.zeros_like(c)
+    return jnp.eye(c.shape[0], dtype=c.dtype) + jnp.zeros_like(c)[None, :]
 
 
 class Structure:

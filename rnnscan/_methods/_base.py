@@ -22,7 +22,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax.numpy as jnp
 
-from .._structure import Structure
+from .._structure import Dense, Structure
+
+DENSE = Dense()  # the structure of a step function that declares none
 
 # Default tolerances on the Newton update, per real dtype: max_t,i |delta| <= atol + rtol |c|.
 # float32 cannot get much below ~1e-5 on long, weakly contractive sequences: rounding in the
@@ -70,9 +72,13 @@ class Method:
     # Whether the method computes the carries exactly, one step after another (no iteration).
     exact: ClassVar[bool] = False
 
-    def resolved(self, dtype, length: int, exact_prefix: bool = True) -> "Method":
+    def resolved(
+        self, dtype, length: int, exact_prefix: bool = True, structure: Structure = DENSE
+    ) -> "Method":
         """The method with every default filled in for carries of ``dtype`` and ``length``
-        steps (``exact_prefix``: whether the problem makes step k exact at iteration k)."""
+        steps (``exact_prefix``: whether the problem makes step k exact at iteration k;
+        ``structure``: the Jacobian structure the step function declares, used when the
+        method was given none)."""
         return self
 
     def on_split_time(self, structure: Structure) -> "Method":

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from .._linear_recurrence import BACKENDS
 from .._structure import Dense, Diagonal, Structure, as_structure
-from ._base import Method, Report, default_tolerances
+from ._base import DENSE, Method, Report, default_tolerances
 from ._window import Windowed
 
 _COMMON_OPTIONS = """
@@ -17,9 +17,11 @@ _COMMON_OPTIONS = """
         rtol, atol: stop when max |delta| <= atol + rtol |c| (defaults by dtype:
             1e-10 for float64, 1e-5 for float32).
         max_steps: iteration cap (never more than T + 1 without a window).
-        jacobian: the exact structure of the carry Jacobian: ``Dense()`` (default),
-            ``Diagonal()`` or ``BlockDiagonal(k)``, used by the gradient (and by the forward
-            solve of the Newton-type methods), so it must be exact.
+        jacobian: the exact structure of the carry Jacobian: ``Dense()``, ``Diagonal()`` or
+            ``BlockDiagonal(k)``, used by the gradient (and by the forward solve of the
+            Newton-type methods), so it must be exact. Default: the step function's own
+            ``jacobian_structure`` where it declares one (every rnnscan cell does), else
+            ``Dense()``.
         give_up: stop early when the solve has evidently failed (iterates diverging, or no
             progress for 8 iterations; see ``RESULTS.diverged`` / ``RESULTS.stalled``), so
             that the fallback runs after a few wasted iterations rather than ``max_steps``.
@@ -43,7 +45,7 @@ class Iterative(Method):
     rtol: float | None = None
     atol: float | None = None
     max_steps: int | None = None
-    jacobian: Structure = Dense()
+    jacobian: Structure | None = None
     give_up: bool = True
     window: int | None = None
     linear_recurrence: str = "auto"
@@ -58,7 +60,8 @@ class Iterative(Method):
     progress_factor: ClassVar[float] = 1.0
 
     def __post_init__(self):
-        object.__setattr__(self, "jacobian", as_structure(self.jacobian))
+        if self.jacobian is not None:
+            object.__setattr__(self, "jacobian", as_structure(self.jacobian))
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
@@ -84,7 +87,7 @@ class Iterative(Method):
                 f"{type(self).__name__}: window must be None or a positive int, got {self.window!r}"
             )
 
-    def resolved(self, dtype, length, exact_prefix=True):
+    def resolved(self, dtype, length, exact_prefix=True, structure=DENSE):
         rtol, atol = default_tolerances(dtype)
         cap = self.max_steps if self.max_steps is not None else self.default_max_steps
         window = None if self.window is None or self.window >= length else self.window
@@ -103,6 +106,7 @@ class Iterative(Method):
             max_steps=cap,
             window=None,
             give_up=give_up,
+            jacobian=structure if self.jacobian is None else self.jacobian,
         )
         if window is None:
             return resolved
@@ -131,4 +135,4 @@ class Iterative(Method):
     @property
     def forward_structure(self) -> Structure:
         """The structure of the Jacobians the iterations use."""
-        return Diagonal() if self.diagonal_only else self.jacobian
+        return Diagonal() if self.diagonal_only else (self.jacobian or Dense())

@@ -97,7 +97,7 @@ def trajectory(
         )
     carry_dtype(init)
     init = jax.tree_util.tree_map(jnp.asarray, init)
-    check_step_function(f, init, xs)
+    init, _ = check_step_function(f, init, xs)
     structure = declared_structure(f, jacobian)
     c0, flatten, unflatten = make_flattener(init)
     n = c0.shape[0]

@@ -238,7 +238,9 @@ class Parallelizability(eqx.Module):
     def iterations_for(self, method: str | Method) -> Float[Array, "*batch"]:
         """The predicted iterations of another method (``"newton"``, ``"quasi_newton"``,
         ``"fixed_point"`` or a method object) from the same features: no new estimate."""
-        resolved = _check_method(method).resolved(jnp.dtype(self.dtype), self.length)
+        resolved = _check_method(method).resolved(
+            jnp.dtype(self.dtype), self.length, structure=self.structure
+        )
 
         def fn(g, a, s, ga):
             return predict_iterations(g, a, s, ga, resolved, self.structure, self.length)
@@ -419,10 +421,12 @@ def parallelizability(
     )
     structure = declared_structure(f, jacobian)
     dtype = carry_dtype(init)
-    resolved = method.resolved(dtype, T)
+    resolved = method.resolved(dtype, T, structure=structure)
     args = (feat.growth, feat.amplification, feat.log_sensitivity, feat.guess_amplification)
     expected = predict_iterations(*args, resolved, structure, T)
-    expected_newton = predict_iterations(*args, Newton().resolved(dtype, T), structure, T)
+    expected_newton = predict_iterations(
+        *args, Newton().resolved(dtype, T, structure=structure), structure, T
+    )
     return Parallelizability(
         lyapunov=feat.lyapunov,
         predictable=jnp.logical_and(
