@@ -113,6 +113,11 @@ class RNN(nnx.Module):
         reverse: process the sequence from the end (of the valid steps) to the start.
         keep_order: with ``reverse``, return outputs aligned with the inputs rather than in
             processing order.
+        unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (without a
+            mesh), as in ``flax.nnx.RNN``.
+        state_axes, broadcast_rngs: accepted for ``flax.nnx.RNN``'s signature, with its
+            defaults (``None``) only: the cell's variables and random streams are the same
+            at every step. Other values raise ``ValueError``.
         on_failure: what a solve that does not converge does: ``"fallback"`` (recompute
             sequentially, the default), ``"raise"`` or ``"return"``.
         sow_stats: also sow each call's :class:`SolverStats` as ``nnx.Intermediate`` under
@@ -137,6 +142,9 @@ class RNN(nnx.Module):
         return_carry: bool = False,
         reverse: bool = False,
         keep_order: bool = False,
+        unroll: int | bool = 1,
+        state_axes: Any = None,
+        broadcast_rngs: Any = None,
         on_failure: Literal["fallback", "raise", "return"] = "fallback",
         sow_stats: bool = False,
         rngs: nnx.Rngs | bool = True,
@@ -146,6 +154,18 @@ class RNN(nnx.Module):
     ):
         auto = as_auto(method)
         resolve_method(method if auto is None else auto.parallel, cell)  # fail early
+        for flag, value in (("state_axes", state_axes), ("broadcast_rngs", broadcast_rngs)):
+            if value is not None:
+                raise ValueError(
+                    f"rnnscan.nn.RNN: {flag}={value!r} is not supported: the cell's state and "
+                    "random streams are the same at every step (flax's defaults, None); "
+                    "per-step state cannot enter a parallel solve"
+                )
+        if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 0)):
+            raise ValueError(
+                f"rnnscan.nn.RNN: unroll must be a bool or an int >= 0, got {unroll!r}"
+            )
+        self.unroll = unroll
         if mesh is None and (time_axis is not None or batch_axis is not None):
             raise ValueError("time_axis and batch_axis need a mesh")
         if mesh is not None and time_axis is None:
@@ -326,6 +346,7 @@ class RNN(nnx.Module):
                     init,
                     xs,
                     reverse=reverse,
+                    unroll=self.unroll,
                     method=method,
                     on_failure=self.on_failure,
                     guess=guess,
