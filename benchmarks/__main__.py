@@ -59,6 +59,12 @@ def run_parser() -> argparse.ArgumentParser:
         default=None,
         help="start no new case after this many minutes; rerun with --resume to continue",
     )
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="JAX's persistent compilation cache (default: ~/.cache/rnnscan/jax; 'off': "
+        "compile every program afresh, for compile times that are compiles)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the selected cases and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="no line per case")
@@ -102,10 +108,14 @@ def run_command(argv: list[str]) -> int:
         print(f"{len(cases)} cases", file=sys.stderr)
         return 0
 
+    from rnnscan.train import use_compilation_cache
+
     from ._run import run_sweep
 
+    cache = use_compilation_cache(args.compilation_cache)
     summary = run_sweep(
         config,
+        compilation_cache=None if cache is None else str(cache),
         config_path=args.config,
         overrides=args.overrides,
         filters=filters,

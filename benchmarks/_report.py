@@ -123,6 +123,35 @@ def speedup_tables(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def compile_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """Per mode: seconds to compile each case's program (``jit(...).lower().compile()``)."""
+    lines: list[str] = []
+    timed = [r for r in rows if (r.get("timing") or {}).get("compile_s") is not None]
+    methods = [m for m in METHOD_ORDER if any(r["case"]["method"] == m for r in timed)]
+    cached = any(r.get("provenance", {}).get("compilation_cache") for r in timed)
+    for mode, title in MODE_TITLES.items():
+        table: dict[tuple, dict[str, float]] = defaultdict(dict)
+        for row in timed:
+            c = row["case"]
+            if c["mode"] == mode:
+                problem = (cell_label(c), c["hidden"], c["length"], c["batch"], c["dtype"])
+                table[problem][c["method"]] = row["timing"]["compile_s"]
+        if not table:
+            continue
+        note = " (a run with the persistent cache: a repeated program is a load)" if cached else ""
+        lines += [f"### Compile seconds, {title.lower()}{note}", ""]
+        lines.append("| cell | n | T | batch | dtype | " + " | ".join(methods) + " |")
+        lines.append("|---|---:|---:|---:|---|" + "---:|" * len(methods))
+        for problem in sorted(table):
+            cell, n, T, batch, dtype = problem
+            entries = [f"{table[problem][m]:.2f}" if m in table[problem] else "–" for m in methods]
+            lines.append(
+                f"| {cell} | {n} | {T:,} | {batch} | {dtype} | " + " | ".join(entries) + " |"
+            )
+        lines.append("")
+    return lines
+
+
 def losses_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Per method and mode: how often it beats the sequential scan, best and worst."""
     lines = ["### Where the parallel methods win and lose", ""]
@@ -219,6 +248,7 @@ def report(records: list[dict[str, Any]]) -> str:
         "",
     ]
     lines += speedup_tables(rows)
+    lines += compile_tables(rows)
     lines += losses_summary(rows)
     lines += deer_comparison(rows)
     return "\n".join(lines).rstrip() + "\n"

@@ -369,8 +369,10 @@ def run_sweep(
     max_minutes: float | None,
     progress: bool = True,
     verbose: bool = True,
+    compilation_cache: str | None = None,
 ) -> dict[str, Any]:
-    """Run every selected case not already done and append its record to ``out``.
+    """Run every selected case not already done and append its record to ``out``
+    (``compilation_cache``: the persistent cache's directory, recorded with the results).
 
     Returns a summary: the output path, counts by status, and the cases left undone.
     """
@@ -378,6 +380,7 @@ def run_sweep(
     if any(case.dtype == "float64" for case in cases):
         jax.config.update("jax_enable_x64", True)
     provenance = _provenance.collect(config, config_path, overrides)
+    provenance["compilation_cache"] = compilation_cache
     out = Path(out) if out else default_output(config, _provenance.device_tag(provenance["device"]))
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -20,6 +20,7 @@ Configs are YAML files of :class:`TrainConfig` sections (``data``, ``model``,
 command line ``--set optim.lr=3e-4`` / ``--optim.lr=3e-4``).
 """
 
+from ._compilation_cache import use_compilation_cache as use_compilation_cache
 from ._config import CheckpointConfig as CheckpointConfig
 from ._config import ConfigError as ConfigError
 from ._config import DataConfig as DataConfig

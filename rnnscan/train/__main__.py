@@ -22,6 +22,10 @@ Several hosts: run the same command on every host with ``--coordinator HOST:PORT
 Cloud TPU, ...). The devices of every host then form one mesh (``train.devices``,
 ``train.sequence_devices``).
 
+Compiled programs are kept in JAX's persistent compilation cache (``~/.cache/rnnscan/jax``,
+or ``--compilation-cache DIR``; ``--no-compilation-cache`` to compile afresh), so a second
+run of the same configuration, or a resumed one, starts without recompiling.
+
 User errors (an unknown or invalid config key, a missing config file or run directory,
 data files that are absent, truncated or hold missing / infinite values) end with one
 line on stderr, ``error: ...``, naming the file or key and the fix, and exit status 2;
@@ -106,6 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of errors (for bug reports)"
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="JAX's persistent compilation cache (default: ~/.cache/rnnscan/jax; 'off' for none)",
+    )
+    cache.add_argument(
+        "--no-compilation-cache",
+        action="store_const",
+        dest="compilation_cache",
+        const="off",
+        help="compile every program afresh",
     )
     hosts = parser.add_argument_group("several hosts (jax.distributed.initialize)")
     hosts.add_argument("--distributed", action="store_true", help="initialise multi-host JAX")
@@ -243,6 +260,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list
 
     _initialize_hosts(args)
     from ._checkpoint import resolve_out_dir
+    from ._compilation_cache import use_compilation_cache
+
+    use_compilation_cache(args.compilation_cache)
     from ._loop import cross_validate, train
 
     cv = config.data.cv_folds > 2 and config.data.cv_fold is None

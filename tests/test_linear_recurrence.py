@@ -1,0 +1,85 @@
+"""The linear recurrence's backends against the plain loop of its docstring."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from helpers import tree_allclose
+
+from rnnscan._chunked_recurrence import chunk_size, chunked_linear_recurrence
+from rnnscan._linear_recurrence import linear_recurrence, resolve_backend
+from rnnscan._structure import BlockDiagonal, Dense, Diagonal
+
+STRUCTURES = {
+    "dense": (Dense(), (4, 4)),
+    "diagonal": (Diagonal(), (4,)),
+    "block": (BlockDiagonal(2), (2, 2, 2)),
+}
+
+
+def reference(A, b, structure, reverse):
+    """The docstring's loop, one step after another."""
+    step = lambda x, ab: (structure.matvec(ab[0], x) + ab[1],) * 2
+    return jax.lax.scan(step, jnp.zeros(b.shape[1], b.dtype), (A, b), reverse=reverse)[1]
+
+
+def problem(T, shape, seed=0):
+    A = 0.6 * jax.random.normal(jax.random.key(seed), (T, *shape))
+    b = jax.random.normal(jax.random.key(seed + 1), (T, 4))
+    return A, b
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("T", [1, 3, 17, 101])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backend", ["chunked", "associative"])
+def test_backends_match_the_loop(structure, T, reverse, backend):
+    structure, shape = STRUCTURES[structure]
+    A, b = problem(T, shape, seed=T)
+    ours = linear_recurrence(A, b, structure, reverse=reverse, backend=backend)
+    tree_allclose(ours, reference(A, b, structure, reverse), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 40, 64])
+def test_any_chunk_size(chunk):
+    A, b = problem(40, (4, 4))
+    ours = chunked_linear_recurrence(A, b, Dense(), chunk=chunk)
+    tree_allclose(ours, reference(A, b, Dense(), False), rtol=1e-10, atol=1e-12)
+
+
+def test_chunk_size_balances_the_passes():
+    assert [chunk_size(T) for T in (1, 2, 4, 5, 100, 10_001)] == [1, 2, 2, 3, 10, 101]
+
+
+def test_chunked_under_vmap_and_its_derivatives():
+    A, b = problem(23, (4,))
+    run = lambda A, b: linear_recurrence(A, b, Diagonal(), backend="chunked")
+    ref = lambda A, b: reference(A, b, Diagonal(), False)
+    batch = jnp.stack([b, 2 * b])
+    tree_allclose(
+        jax.vmap(run, (None, 0))(A, batch),
+        jax.vmap(ref, (None, 0))(A, batch),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    loss = lambda f: lambda A, b: jnp.sum(f(A, b) ** 2)
+    tree_allclose(
+        jax.grad(loss(run), (0, 1))(A, b), jax.grad(loss(ref), (0, 1))(A, b), rtol=1e-9, atol=1e-11
+    )
+
+
+def test_the_program_does_not_grow_with_T():
+    # The associative scan unrolls log2(T) levels into the program; the chunked passes don't.
+    def size(T, backend):
+        run = lambda A, b: linear_recurrence(A, b, Dense(), backend=backend)
+        return len(jax.make_jaxpr(run)(*problem(T, (4, 4))).eqns)
+
+    assert size(100, "chunked") == size(10_000, "chunked")
+    assert size(100, "associative") < size(10_000, "associative")
+
+
+def test_auto_is_chunked_on_cpus():
+    assert resolve_backend("auto") == (
+        "chunked" if jax.default_backend() == "cpu" else "associative"
+    )
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("fast")
