@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_runtime_error(err: BaseException) -> bool:
+    """A failure of JAX's runtime (XLA, a collective), not of rnnscan's Python."""
+    import jax
+
+    runtime = getattr(jax.errors, "JaxRuntimeError", None)
+    return runtime is not None and isinstance(err, runtime)
+
+
 def _multi_process(args: argparse.Namespace) -> bool:
     given = (args.coordinator, args.num_processes, args.process_id)
     return args.distributed or any(value is not None for value in given)
@@ -248,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         _hosts.fail(one_line(err), 2)  # several processes: tell the others, exit
         return 2
     except BaseException as err:
-        if _hosts.process_count_if_initialized() > 1 and not isinstance(err, SystemExit):
+        several = _hosts.process_count_if_initialized() > 1
+        if several and not args.debug and _is_runtime_error(err):
+            _hosts.runtime_failure(err)  # another process is most likely gone: one line
+        if several and not isinstance(err, SystemExit):
             import traceback
 
             traceback.print_exc()

@@ -48,6 +48,7 @@ __all__ = [
     "is_primary",
     "process_count",
     "process_index",
+    "runtime_failure",
 ]
 
 #: Seconds every process waits for all of them to join.
@@ -294,6 +295,22 @@ def fail(message: str, code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def runtime_failure(err: BaseException) -> None:
+    """A collective failed (``err``, a JAX runtime error such as Gloo's "Connection reset
+    by peer"): most likely another process is gone. Give the watch the time to name it
+    (it then ends this process), else end with ``err`` in one line. A no-op without a
+    multi-process watch."""
+    watch = _watch
+    if watch is None:
+        return
+    if watch.is_alive():
+        watch.join(timeout=watch.peer_timeout + 3 * PERIOD)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    message = f"process {watch.index} of {watch.count}: a collective failed: {first}"
+    sys.stderr.write(f"error: {message}\n")
+    fail(message, EXIT_FAILED)
 
 
 def finish() -> None:
