@@ -8,8 +8,10 @@ block of steps (:func:`rnnscan.sharded_solve`). On one device all of this is the
 
 Multi-host: after ``jax.distributed.initialize()`` (one process per host, each running
 the same command), ``jax.devices()`` lists every device of every host. Each process loads
-the same data and draws the same batches (the order depends only on the seed), and
-:meth:`DeviceLayout.batch` hands each device its slice of the global batch.
+the same data and draws the same batches (the order depends only on the seed);
+:meth:`DeviceLayout.batch` and :meth:`DeviceLayout.replicate` place, on each process, only
+its own devices' parts of the global arrays, and :meth:`DeviceLayout.fetch` gathers a
+split result back from every process.
 """
 
 from __future__ import annotations
@@ -121,6 +123,11 @@ def device_layout(config: LoopConfig) -> DeviceLayout:
     count = len(available) if config.devices is None else config.devices
     if count > len(available):
         raise ConfigError(f"train.devices={count}, but only {len(available)} devices are available")
+    if count < len(available) and jax.process_count() > 1:
+        raise ConfigError(
+            f"train.devices={count}: a run over {jax.process_count()} processes uses all "
+            f"{len(available)} devices of all of them (leave train.devices unset)"
+        )
     if count % config.sequence_devices:
         raise ConfigError(
             f"train.sequence_devices={config.sequence_devices} must divide the "
