@@ -20,7 +20,10 @@ Several hosts: run the same command on every host with ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (``I`` = 0 .. N-1; host 0 runs the coordinator), or
 ``--distributed`` alone where ``jax.distributed.initialize()`` finds them itself (SLURM,
 Cloud TPU, ...). The devices of every host then form one mesh (``train.devices``,
-``train.sequence_devices``).
+``train.sequence_devices``); the run directory must be shared by every host. Process 0
+writes the run's files and prints; a process that does not join within ``--init-timeout``
+seconds, or stops sending heartbeats for ``--peer-timeout`` seconds, or fails, ends every
+process with one ``error:`` line (status 1; see ``docs/devices.md``).
 
 Compiled programs are kept in JAX's persistent compilation cache (``~/.cache/rnnscan/jax``,
 or ``--compilation-cache DIR``; ``--no-compilation-cache`` to compile afresh), so a second
@@ -41,6 +44,7 @@ from typing import NoReturn
 
 import yaml
 
+import rnnscan.train._hosts as _hosts
 from rnnscan.data import ChecksumError, DataFormatError, DatasetNotFoundError
 
 from ._config import ConfigError, apply_overrides, load_config, parse_override
@@ -129,20 +133,46 @@ def _parser() -> argparse.ArgumentParser:
     hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     hosts.add_argument("--num-processes", type=int, help="number of processes (hosts)")
     hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1")
+    hosts.add_argument(
+        "--init-timeout",
+        type=float,
+        default=_hosts.DEFAULT_INIT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for every process to join (default %(default)g)",
+    )
+    hosts.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=_hosts.DEFAULT_PEER_TIMEOUT,
+        metavar="SECONDS",
+        help="stop when a process sends no heartbeat for this long (default %(default)g)",
+    )
     return parser
+
+
+def _is_runtime_error(err: BaseException) -> bool:
+    """A failure of JAX's runtime (XLA, a collective), not of rnnscan's Python."""
+    import jax
+
+    runtime = getattr(jax.errors, "JaxRuntimeError", None)
+    return runtime is not None and isinstance(err, runtime)
+
+
+def _multi_process(args: argparse.Namespace) -> bool:
+    given = (args.coordinator, args.num_processes, args.process_id)
+    return args.distributed or any(value is not None for value in given)
 
 
 def _initialize_hosts(args: argparse.Namespace) -> None:
     """``jax.distributed.initialize`` when asked for, before JAX touches a device."""
-    given = (args.coordinator, args.num_processes, args.process_id)
-    if not args.distributed and all(value is None for value in given):
+    if not _multi_process(args):
         return
-    import jax
-
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
+    _hosts.initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        init_timeout=args.init_timeout,
+        peer_timeout=args.peer_timeout,
     )
 
 
@@ -235,12 +265,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        return _main(parser, args, extra)
+        code = _main(parser, args, extra)
     except USER_ERRORS as err:
         if args.debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
+        _hosts.fail(one_line(err), 2)  # several processes: tell the others, exit
         return 2
+    except BaseException as err:
+        several = _hosts.process_count_if_initialized() > 1
+        if several and not args.debug and _is_runtime_error(err):
+            _hosts.runtime_failure(err)  # another process is most likely gone: one line
+        if several and not isinstance(err, SystemExit):
+            import traceback
+
+            traceback.print_exc()
+            _hosts.fail(f"{type(err).__name__}: {one_line(err)}", 1)
+        raise
+    if code:
+        _hosts.fail(f"exit status {code}", code)
+    _hosts.finish()
+    return code
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
@@ -271,6 +316,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list
     try:
         if cv:
             result = cross_validate(config)
+            if not _hosts.is_primary():
+                return 0
             s = result.summary
             print(
                 f"{s['folds']}-fold CV test accuracy: {s['test_accuracy_pooled']:.4f} "
@@ -280,6 +327,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list
             )
         else:
             result = train(config)
+            if not _hosts.is_primary():
+                return 0
             test = result.summary["test"]
             best = result.summary["best"]
             print(f"run directory: {result.out_dir}")
@@ -294,6 +343,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list
             f"\ninterrupted; resume with: python -m rnnscan.train --resume {out_dir}",
             file=sys.stderr,
         )
+        _hosts.fail("interrupted", 130)
         return 130
     _plot_hint(out_dir)
     return 0

@@ -23,12 +23,15 @@ directory's checkpoints are resumed only by a configuration that computes the sa
 from __future__ import annotations
 
 import dataclasses
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+import rnnscan.train._hosts as _hosts
 
 from ._config import ConfigError, TrainConfig, config_diff, load_config
 
@@ -83,15 +86,20 @@ class LoopState:
 
 
 def resolve_out_dir(config: TrainConfig, suffix: str = "") -> Path:
-    """``config.out_dir``, or ``runs/<name><suffix>-<timestamp>``."""
+    """``config.out_dir``, or ``runs/<name><suffix>-<timestamp>`` (process 0's time, in
+    a multi-process run)."""
     if config.out_dir is not None:
         return Path(config.out_dir)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    now = datetime.fromtimestamp(_hosts.broadcast_int(int(datetime.now().timestamp())))
+    stamp = now.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.name}{suffix}-{stamp}"
 
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
-    """Create the run directory; refuse to resume a run of another configuration."""
+    """Create the run directory; refuse to resume a run of another configuration.
+
+    In a multi-process run every process checks, then process 0 writes ``config.yaml``,
+    and every process must then see it (one directory on a shared file system)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     saved_path = out_dir / "config.yaml"
     checkpoints = out_dir / "checkpoints"
@@ -105,7 +113,23 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig) -> None:
                 f"(differences: {', '.join(changed)}). Resume it with the same settings "
                 "or choose another out_dir."
             )
-    saved_path.write_text(config.to_yaml())
+    if _hosts.process_count() == 1:
+        saved_path.write_text(config.to_yaml())
+        return
+    _hosts.barrier("rnnscan-run-dir-checked")  # every process has read what was there
+    text = config.to_yaml()
+    if _hosts.is_primary():
+        tmp = saved_path.with_name(f".config.yaml.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, saved_path)
+    _hosts.barrier("rnnscan-run-dir-written")
+    shared = saved_path.is_file() and saved_path.read_text() == text
+    if not _hosts.all_processes(shared):
+        raise ConfigError(
+            f"out_dir {out_dir}: not every process sees the config.yaml that process 0 wrote "
+            "there; a run over several processes needs one run directory on a file system "
+            "that every process shares (the same path on every host)"
+        )
 
 
 class Checkpointer:

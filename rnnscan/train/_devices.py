@@ -8,8 +8,10 @@ block of steps (:func:`rnnscan.sharded_solve`). On one device all of this is the
 
 Multi-host: after ``jax.distributed.initialize()`` (one process per host, each running
 the same command), ``jax.devices()`` lists every device of every host. Each process loads
-the same data and draws the same batches (the order depends only on the seed), and
-:meth:`DeviceLayout.batch` hands each device its slice of the global batch.
+the same data and draws the same batches (the order depends only on the seed);
+:meth:`DeviceLayout.batch` and :meth:`DeviceLayout.replicate` place, on each process, only
+its own devices' parts of the global arrays, and :meth:`DeviceLayout.fetch` gathers a
+split result back from every process.
 """
 
 from __future__ import annotations
@@ -55,9 +57,24 @@ class DeviceLayout:
         return dict(mesh=self.mesh, time_axis=TIME, batch_axis=DATA)
 
     def replicate(self, tree: Any) -> Any:
-        """Every leaf on every device (parameters, optimiser state)."""
-        # device_put, not a host copy: the tree holds typed PRNG keys (the RNG streams).
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        """Every leaf on every device of the mesh, over every process (parameters,
+        optimiser state). Each process builds its own devices' copies from the value it
+        holds (every process computes the same initial tree from the same seed):
+        ``jax.device_put`` would need every device of the mesh to be this process's."""
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree_util.tree_map(lambda leaf: _replicated(leaf, sharding), tree)
+
+    def fetch(self, array: Any) -> np.ndarray:
+        """The whole of a global array on this host: its value when this process holds
+        all of it (one process, or a replicated array), else gathered from every process
+        (a collective: every process must call it)."""
+        if not isinstance(array, jax.Array) or array.is_fully_addressable:
+            return np.asarray(array)
+        if array.is_fully_replicated:
+            return np.asarray(array.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
     def batch(
         self,
@@ -88,6 +105,17 @@ def _put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def _replicated(leaf: Any, sharding: NamedSharding) -> Any:
+    """``leaf`` on every device of ``sharding`` (a replicated global array); typed PRNG
+    keys (the model's random streams) go as their raw key data and are wrapped again."""
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _put(np.asarray(jax.random.key_data(leaf)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    if not isinstance(leaf, (jax.Array, np.ndarray)):
+        return leaf
+    return _put(np.asarray(leaf), sharding)
+
+
 def device_layout(config: LoopConfig) -> DeviceLayout:
     """The mesh of ``config``: ``train.devices`` devices (default: all, over every host),
     ``train.sequence_devices`` of them along ``"time"`` and the rest along ``"data"``."""
@@ -95,6 +123,11 @@ def device_layout(config: LoopConfig) -> DeviceLayout:
     count = len(available) if config.devices is None else config.devices
     if count > len(available):
         raise ConfigError(f"train.devices={count}, but only {len(available)} devices are available")
+    if count < len(available) and jax.process_count() > 1:
+        raise ConfigError(
+            f"train.devices={count}: a run over {jax.process_count()} processes uses all "
+            f"{len(available)} devices of all of them (leave train.devices unset)"
+        )
     if count % config.sequence_devices:
         raise ConfigError(
             f"train.sequence_devices={config.sequence_devices} must divide the "

@@ -60,7 +60,7 @@ class Evaluator:
             if warm:
                 self._guesses[key] = carries[0]
             out = jax.device_get(out)
-            predictions[eval_batch.indices[:real]] = np.asarray(pred)[:real]
+            predictions[eval_batch.indices[:real]] = self.layout.fetch(pred)[:real]
             for key, value in out.items():
                 if key == "iterations_max":
                     totals[key] = max(totals.get(key, 0), int(value))

@@ -17,6 +17,12 @@ optimiser state, the loop position (step, epoch, batch within the epoch) and the
 early-stopping state, so a run killed at any moment and restarted continues from its
 last checkpoint exactly as if it had not been interrupted (on the same device and
 software; XLA is deterministic on CPU).
+
+Several processes (``jax.distributed``, see :mod:`rnnscan.train._hosts`): every process
+runs the same loop on the same data and batches, over one mesh of all their devices; the
+run directory must be one directory that every process sees (a shared file system).
+Process 0 writes ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``curves.png``;
+every process takes part in writing and reading the orbax checkpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import rnnscan.train._hosts as _hosts
 from rnnscan.data import Dataset
 
 from ._buckets import BatchPlan
@@ -101,6 +108,12 @@ def train(config: TrainConfig, *, callback: Callback | None = None) -> TrainResu
         A :class:`TrainResult`; its ``summary`` is also written to ``summary.json``.
     """
     config.validate()
+    if config.model.method == "auto" and _hosts.process_count() > 1:
+        raise ConfigError(
+            "model.method: auto chooses methods by timing steps, which each process would "
+            "do differently; a run over several processes needs a fixed model.method "
+            "(e.g. newton or sequential)."
+        )
     if config.data.cv_folds > 2 and config.data.cv_fold is None:
         raise ConfigError(
             "data.cv_folds is set but data.cv_fold is not: use cross_validate(config) to run "
@@ -152,7 +165,8 @@ def cross_validate(
         "wall_time_s": float(sum(f.summary["time"]["wall_s"] for f in folds)),
         **environment(),
     }
-    (base / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    if _hosts.is_primary():
+        (base / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     return CrossValidationResult(base, folds, summary)
 
 
@@ -174,7 +188,8 @@ class _Run:
         self.config = config
         self.callback = callback
         self.out_dir = resolve_out_dir(config)
-        self.progress_bar = ProgressBar(config.name, config.train.progress)
+        self.primary = _hosts.is_primary()  # process 0 writes the files and prints
+        self.progress_bar = ProgressBar(config.name, config.train.progress and self.primary)
         self.log: MetricsLog | None = None
 
     def _say(self, message: str) -> None:
@@ -253,7 +268,9 @@ class _Run:
                 loop = LoopState.from_meta(meta)
         # The model's flags follow the selector's start, or a resumed selector's state.
         self.methods.start(state, loop)
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", keep_until_step=resumed_from)
+        self.log = MetricsLog(
+            self.out_dir / "metrics.jsonl", keep_until_step=resumed_from, write=self.primary
+        )
         if warmed is not None and resumed_from is None:
             self._emit(warmed)
 
@@ -388,7 +405,7 @@ class _Run:
                     **test,
                 },
             )
-        records = read_metrics(self.out_dir / "metrics.jsonl")
+        records = self.log.records
         train_records = [r for r in records if r.get("kind") == "train"]
         wall = loop.wall_time_s + (test["time_s"] if test else 0.0)
         summary = {
@@ -416,6 +433,7 @@ class _Run:
             },
             "test": test_summary,
             **self.layout.describe(),
+            "processes": _hosts.process_count(),
             "time": {
                 "wall_s": wall,
                 "step_time": step_time_stats(records),
@@ -433,12 +451,13 @@ class _Run:
             **env,
             "finished_at": datetime.now().isoformat(timespec="seconds"),
         }
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        title = (
-            f"{config.name}: {config.model.cell} x{config.model.num_blocks} "
-            f"(width {config.model.hidden_features}), {config.model.method}"
-        )
-        plot_curves(records, self.out_dir / "curves.png", title)
+        if self.primary:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            title = (
+                f"{config.name}: {config.model.cell} x{config.model.num_blocks} "
+                f"(width {config.model.hidden_features}), {config.model.method}"
+            )
+            plot_curves(records, self.out_dir / "curves.png", title)
         if test_summary is not None:
             self._say(
                 f"  best validation accuracy {loop.best_val_accuracy} (step "

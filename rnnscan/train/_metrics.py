@@ -43,15 +43,18 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends records to ``metrics.jsonl``, flushing each line.
+    """Appends records to ``metrics.jsonl``, flushing each line, and keeps them in
+    :attr:`records` (the kept ones first).
 
     Args:
         path: the file.
         keep_until_step: on opening, keep only the existing records with ``step <=
             keep_until_step`` (``None``: start a new file) and drop test records.
+        write: whether to write the file (``False``: the processes of a multi-process run
+            other than process 0 only read it and keep the records in memory).
     """
 
-    def __init__(self, path: str | Path, keep_until_step: int | None = None):
+    def __init__(self, path: str | Path, keep_until_step: int | None = None, *, write: bool = True):
         self.path = Path(path)
         kept = []
         if keep_until_step is not None:
@@ -60,19 +63,26 @@ class MetricsLog:
                 for r in read_metrics(self.path)
                 if r.get("kind") in ("train", "eval") and r.get("step", 0) <= keep_until_step
             ]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with tmp.open("w") as f:
-            for record in kept:
-                f.write(_dumps(record) + "\n")
-        os.replace(tmp, self.path)
-        self._file = self.path.open("a")
+        self.records: list[dict[str, Any]] = [json.loads(_dumps(r)) for r in kept]
+        self._file = None
+        if write:
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            with tmp.open("w") as f:
+                for record in kept:
+                    f.write(_dumps(record) + "\n")
+            os.replace(tmp, self.path)
+            self._file = self.path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(_dumps(record) + "\n")
-        self._file.flush()
+        line = _dumps(record)
+        self.records.append(json.loads(line))
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> MetricsLog:
         return self
