@@ -4,7 +4,7 @@ with T.
 ``jax.lax.associative_scan`` unrolls its O(log T) levels into the program, each level with
 arrays of a different shape, so its compile time grows with T and dominates the compile time
 of a whole Newton solve on a CPU (GRU n = 32, T = 4,000: most of it). Here the T steps are
-cut into K chunks of C ~ sqrt(T) steps and solved in three passes, each a ``jax.lax.scan``
+cut into K chunks of C ~ sqrt(T) steps and solved in three passes, each a ``while_loop``
 over a fixed shape, vectorised over the chunks (the classic scan-then-propagate of parallel
 prefix sums):
 
@@ -15,10 +15,11 @@ prefix sums):
 
 Depth 2C + K (~3 sqrt(T)) instead of 2 log2(T); work one product per step (T n^3 dense, T n
 diagonal) and two matrix-vector products, against the associative scan's ~2 T n^3, and no
-stored running products. Measured on a 2-core CPU, compile time falls from seconds to a
-fraction of one and run time does not grow (``docs/benchmarks.md``); on accelerators, where
-the depth costs kernel launches, it has not been measured, so ``backend="auto"`` picks it on
-CPUs only.
+stored running products. Measured on a 2-core CPU (``docs/benchmarks.md``): the dense
+recurrence (n = 32, T = 4,000) compiles in 1.5 s against 5.2 s; a diagonal Newton solve
+runs faster, a dense one up to 1.5x slower. ``backend="auto"`` therefore picks it for
+diagonal and block-diagonal Jacobians on CPUs; accelerators, where the depth costs kernel
+launches, have not been measured.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ._recurrence_solve import recurrence_solve
 from ._structure import Structure
 
 
@@ -36,20 +38,33 @@ def chunk_size(length: int) -> int:
     return max(1, math.isqrt(max(length - 1, 0)) + 1)
 
 
-def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = False, chunk=None):
-    """:func:`rnnscan._linear_recurrence.linear_recurrence` by chunks of ``chunk`` steps
-    (default :func:`chunk_size`).
+def _loop(step, carry, inputs, collect: bool):
+    """``step`` over the leading axis of ``inputs`` from ``carry``, by a ``while_loop``:
+    ``(carry, stacked outputs)`` with ``collect``, else ``(carry, None)``. (Not ``lax.scan``:
+    nothing here is differentiated, and a ``scan`` would read as a sequential fallback.)"""
+    length = jax.tree_util.tree_leaves(inputs)[0].shape[0]
+    if length == 0 and not collect:
+        return carry, None
 
-    Reference loop (what it computes, up to rounding)::
+    def body(state):
+        i, carry, out = state
+        carry, y = step(carry, jax.tree_util.tree_map(lambda a: a[i], inputs))
+        if collect:
+            out = jax.lax.dynamic_update_index_in_dim(out, y, i, 0)
+        return i + 1, carry, out
 
-        x = zeros(n)
-        for t in (reversed(range(T)) if reverse else range(T)):
-            x = A[t] @ x + b[t]
-            out[t] = x
-    """
-    if reverse:
-        flip = lambda a: jnp.flip(a, axis=0)
-        return flip(chunked_linear_recurrence(flip(A), flip(b), structure, chunk=chunk))
+    out = None
+    if collect:
+        y = jax.eval_shape(step, carry, jax.tree_util.tree_map(lambda a: a[0], inputs))[1]
+        out = jnp.zeros((length,) + y.shape, y.dtype)
+    _, carry, out = jax.lax.while_loop(
+        lambda state: state[0] < length, body, (jnp.array(0, jnp.int32), carry, out)
+    )
+    return carry, out
+
+
+def _forward(A, b, structure: Structure, chunk):
+    """x_t = A_t x_{t-1} + b_t by the three passes (no derivatives)."""
     T = b.shape[0]
     C = chunk_size(T) if chunk is None else chunk
     K = -(-T // C)
@@ -64,14 +79,14 @@ def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = Fal
         a, bb = step
         return (structure.matvec(a, x) + bb, structure.compose(a, P)), None
 
-    (ends, transitions), _ = jax.lax.scan(from_zero, (b_c[0], A_c[0]), (A_c[1:], b_c[1:]))
+    (ends, transitions), _ = _loop(from_zero, (b_c[0], A_c[0]), (A_c[1:], b_c[1:]), False)
 
     def between(s, chunk_summary):
         P, e = chunk_summary
         s = structure.matvec(P, s) + e
         return s, s
 
-    _, after = jax.lax.scan(between, jnp.zeros_like(b_c[0, 0]), (transitions, ends))
+    _, after = _loop(between, jnp.zeros_like(b_c[0, 0]), (transitions, ends), True)
     starts = jnp.concatenate([jnp.zeros_like(after[:1]), after[:-1]])
 
     def from_start(x, step):
@@ -79,5 +94,26 @@ def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = Fal
         x = structure.matvec(a, x) + bb
         return x, x
 
-    _, x = jax.lax.scan(from_start, starts, (A_c, b_c))
+    _, x = _loop(from_start, starts, (A_c, b_c), True)
     return jnp.swapaxes(x, 0, 1).reshape((K * C,) + b.shape[1:])[:T]
+
+
+def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = False, chunk=None):
+    """:func:`rnnscan._linear_recurrence.linear_recurrence` by chunks of ``chunk`` steps
+    (default :func:`chunk_size`); differentiable to any order (``_recurrence_solve.py``).
+
+    Reference loop (what it computes, up to rounding)::
+
+        x = zeros(n)
+        for t in (reversed(range(T)) if reverse else range(T)):
+            x = A[t] @ x + b[t]
+            out[t] = x
+    """
+
+    def run(A, rhs, backwards):
+        if backwards:
+            flip = lambda a: jnp.flip(a, axis=0)
+            return flip(_forward(flip(A), flip(rhs), structure, chunk))
+        return _forward(A, rhs, structure, chunk)
+
+    return recurrence_solve(run, A, b, structure, reverse)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from ._recurrence_solve import recurrence_solve
 from ._structure import BlockDiagonal, Diagonal, Structure
 
 # Time steps per program, and features per program (lanes). Powers of two, as the GPU
@@ -137,14 +138,6 @@ def forward_scan(
     return jnp.stack(x_parts, axis=-1)[:T, :m]
 
 
-def _shift(x: jax.Array, later: bool) -> jax.Array:
-    """x_{t-1} (or with ``later`` x_{t+1}) at every t, zero beyond the ends."""
-    zero = jnp.zeros_like(x[:1])
-    if later:
-        return jnp.concatenate([x[1:], zero], axis=0)
-    return jnp.concatenate([zero, x[:-1]], axis=0)
-
-
 def _to_blocks(structure: Structure, A: jax.Array, b: jax.Array):
     """``(A, b)`` as (T, m, k, k) and (T, m, k), and the inverse map for x; ValueError
     naming the shapes when they do not fit ``structure``."""
@@ -199,15 +192,4 @@ def pallas_linear_recurrence(
             return back(jnp.flip(scan(jnp.flip(blocks, 0), jnp.flip(rhs_blocks, 0)), 0))
         return back(scan(blocks, rhs_blocks))
 
-    def matvec(x):  # (I - L_A) x
-        return x - structure.matvec(A, _shift(x, later=reverse))
-
-    def solve(_, rhs):
-        return run(A, rhs, reverse)
-
-    def transpose_solve(_, rhs):
-        # (L_A^T y)_s = A_{s+1}^T y_{s+1} (forward; reverse: A_{s-1}^T y_{s-1}): the
-        # recurrence the other way round, transposed, with the coefficients shifted a step.
-        return run(_shift(structure.transpose(A), later=not reverse), rhs, not reverse)
-
-    return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
+    return recurrence_solve(run, A, b, structure, reverse)
