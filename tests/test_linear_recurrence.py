@@ -77,9 +77,10 @@ def test_the_program_does_not_grow_with_T():
     assert size(100, "associative") < size(10_000, "associative")
 
 
-def test_auto_is_chunked_on_cpus():
-    assert resolve_backend("auto") == (
-        "chunked" if jax.default_backend() == "cpu" else "associative"
-    )
+def test_auto_is_chunked_for_elementwise_jacobians_on_cpus():
+    cpu = jax.default_backend() == "cpu"
+    assert resolve_backend("auto", Diagonal()) == ("chunked" if cpu else "associative")
+    assert resolve_backend("auto", BlockDiagonal(2)) == ("chunked" if cpu else "associative")
+    assert resolve_backend("auto", Dense()) == "associative"
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("fast")
