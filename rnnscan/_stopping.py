@@ -91,16 +91,20 @@ def observe(
     taken over was finite). An iteration counts as progress when its measure is below
     ``progress_factor`` times the smallest so far, or (exact-prefix methods) when ``prefix``,
     the length of the converged prefix after it, grew by more than one step and by at least
-    2 ``unconverged`` (the steps after the prefix) / ``iterations_left``.
+    2 ``unconverged`` (the steps after the prefix) / ``iterations_left`` (not asked when
+    ``iterations_left`` is None: the damped filter's prefix often grows slowly for most of
+    a solve and then converges the rest at once).
     Returns the new state and the verdict: ``RESULTS.successful`` to go on, or
     ``RESULTS.diverged`` / ``RESULTS.stalled``."""
     if prefix is None:
         prefix, advanced = progress.prefix, jnp.array(False)
     else:
         growth = prefix - progress.prefix
-        # More than the one step per iteration that exactness guarantees, and fast enough
-        # to finish with half the iterations left to spare.
-        advanced = (growth > 1) & (2 * unconverged <= growth * iterations_left)
+        # More than the one step per iteration that exactness guarantees, and (unless
+        # ``iterations_left`` is None) fast enough to finish with half the iterations left.
+        advanced = growth > 1
+        if iterations_left is not None:
+            advanced = advanced & (2 * unconverged <= growth * iterations_left)
     huge = (~finite | (measure > DIVERGENCE_FACTOR * scale)) & ~advanced
     improved = finite & (measure < progress_factor * progress.best)
     progress = Progress(

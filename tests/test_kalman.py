@@ -30,15 +30,17 @@ F32_IDS = [STRUCTURE_IDS[i] for i in (0, 1, 3)]
 # semantics; test_default_compile_options checks the default).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 _jit_solve = jax.jit(
-    damped_linear_recurrence, static_argnames="structure", compiler_options=_FAST_COMPILE
+    damped_linear_recurrence,
+    static_argnames=("structure", "update"),
+    compiler_options=_FAST_COMPILE,
 )
 _jit_linear = jax.jit(
     linear_recurrence, static_argnames="structure", compiler_options=_FAST_COMPILE
 )
 
 
-def _solve(J, r, damping, structure):
-    return _jit_solve(J, r, jnp.asarray(damping, r.dtype), structure=structure)
+def _solve(J, r, damping, structure, update="smoother"):
+    return _jit_solve(J, r, jnp.asarray(damping, r.dtype), structure=structure, update=update)
 
 
 def _dense(J, structure, n):
@@ -102,8 +104,9 @@ def _transpose_apply(J, v, structure):
     return v - jnp.concatenate([later, jnp.zeros_like(v[:1])])
 
 
-def _sequential_kalman(Jd, r, damping):
-    """Sequential Kalman filter (covariance form) + RTS smoother on full matrices, in numpy."""
+def _sequential_kalman(Jd, r, damping, update="smoother"):
+    """Sequential Kalman filter (covariance form) + RTS smoother on full matrices, in numpy;
+    ``update="filter"``: the filtered means."""
     T, n = r.shape
     eye = np.eye(n)
     ms, Ps = np.zeros((T, n)), np.zeros((T, n, n))
@@ -117,6 +120,8 @@ def _sequential_kalman(Jd, r, damping):
         m, P = G @ m_pred, G @ P_pred
         P = 0.5 * (P + P.T)
         ms[t], Ps[t] = m, P
+    if update == "filter":
+        return ms
     delta = ms.copy()
     for t in reversed(range(T - 1)):
         E = Ps[t] @ Jd[t + 1].T @ np.linalg.inv(Jd[t + 1] @ Ps[t] @ Jd[t + 1].T + eye)
@@ -210,6 +215,32 @@ def test_large_damping_is_short_gradient_step(structure, n, dtype):
     assert np.all(np.isfinite(delta)) and float(jnp.abs(delta).max()) < 1e-28
 
 
+@pytest.mark.parametrize("damping", DAMPINGS)
+@pytest.mark.parametrize("T", [1, 7, 64])
+@parametrize_structures
+def test_filter_update_matches_sequential_filter_float64(structure, n, T, damping):
+    """update="filter": the filtered means, each from the residuals up to its own step."""
+    J, r = _problem(T + 1000, structure, n, T, RADII["unstable"])
+    delta = _solve(J, r, damping, structure, "filter")
+    expected = _sequential_kalman(_dense(J, structure, n), np.asarray(r), damping, "filter")
+    _assert_close(delta, expected, RTOL[jnp.float64])
+    # Causal: zero residuals up to t give a zero step up to t (a converged prefix stays).
+    r0 = r.at[: T // 2].set(0)
+    assert float(jnp.abs(_solve(J, r0, damping, structure, "filter")[: T // 2]).max(initial=0)) == 0
+
+
+@parametrize_f32_structures
+def test_filter_update_float32(structure, n):
+    J, r = _problem(1100, structure, n, 64, RADII["unstable"], jnp.float32)
+    for damping in [0.0, 1e-6, 1e-2]:
+        delta = _solve(J, r, damping, structure, "filter")
+        assert delta.dtype == jnp.float32
+        expected = _sequential_kalman(
+            _dense(J, structure, n).astype(np.float64), np.asarray(r, np.float64), damping, "filter"
+        )
+        _assert_close(delta, expected, RTOL[jnp.float32])
+
+
 @parametrize_structures
 def test_step_shrinks_with_damping(structure, n):
     J, r = _problem(500, structure, n, 64, RADII["unstable"])
@@ -271,3 +302,12 @@ def test_bad_structure_raises():
     J, r = _problem(0, BlockDiagonal(3), 6, 3, 0.9)
     with pytest.raises(ValueError, match="not a multiple"):
         damped_linear_recurrence(J, r[:, :4], 1.0, BlockDiagonal(3))
+
+
+def test_elk_update_option_is_checked():
+    import rnnscan
+
+    assert rnnscan.ELK().update == "filter" and rnnscan.QuasiELK().update == "filter"
+    assert rnnscan.ELK(update="smoother").update == "smoother"
+    with pytest.raises(ValueError, match="update must be one of"):
+        rnnscan.ELK(update="smoothed")

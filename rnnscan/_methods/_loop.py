@@ -69,7 +69,11 @@ def iterate(method: Method, problem, guess):
             method.progress_factor,
             prefix=report.prefix,
             unconverged=report.unconverged,
-            iterations_left=method.max_steps - loop.k - 1,
+            # Unless the method says its prefix may grow late (the damped filter), growth
+            # must be fast enough to finish within half the iterations left.
+            iterations_left=(
+                method.max_steps - loop.k - 1 if getattr(method, "prefix_budget", True) else None
+            ),
         )
         gave_up = method.give_up & (verdict != RESULTS.successful)
         result = jnp.where(
