@@ -16,6 +16,7 @@ from ._base import (
     default_kernel_init,
     default_recurrent_kernel_init,
     gate_stacked,
+    lift,
     make_carry,
     promote_dtype,
 )
@@ -94,7 +95,7 @@ class LSTMCell(Cell):
             dtype=self.dtype,
         )
         new_c, new_h = lstm_update(
-            c, x @ W_i + h @ W_h + b, gate_fn=self.gate_fn, activation_fn=self.activation_fn
+            c, x @ W_i + h @ W_h + lift(b, h.ndim), gate_fn=self.gate_fn, activation_fn=self.activation_fn
         )
         return (new_c, new_h), new_h
 
