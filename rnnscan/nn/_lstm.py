@@ -94,8 +94,9 @@ class LSTMCell(Cell):
             (c, h, inputs, self.input_kernel[...], self.recurrent_kernel[...], self.bias[...]),
             dtype=self.dtype,
         )
+        b = lift(b, h.ndim)
         new_c, new_h = lstm_update(
-            c, x @ W_i + h @ W_h + lift(b, h.ndim), gate_fn=self.gate_fn, activation_fn=self.activation_fn
+            c, x @ W_i + h @ W_h + b, gate_fn=self.gate_fn, activation_fn=self.activation_fn
         )
         return (new_c, new_h), new_h
 
