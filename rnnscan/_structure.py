@@ -131,7 +131,7 @@ class BlockDiagonal(Structure):
         k = self.block_size
         m = c.shape[0] // k
         # Tangent j is 1 on every entry of row j of the (k, m) view.
-        return jnp.repeat(jnp.eye(k, dtype=c.dtype), m, axis=1) + jnp.zeros_like(c)
+        return jnp.repeat(jnp.eye(k, dtype=c.dtype), m, axis=1) + jnp.zeros_like(c)[None, :]
 
     def jacobian(self, fn, c):
         k = self.block_size

@@ -264,7 +264,7 @@ def check_data_and_sequence_mesh():
     B, T = 4, 13
     params, h0, f, _ = problem("gru", T)
     xs = jax.random.normal(jax.random.PRNGKey(5), (B, T, DIN))
-    init = h0 + 0.1 * jax.random.normal(jax.random.PRNGKey(6), (B, N))
+    init = h0[None, :] + 0.1 * jax.random.normal(jax.random.PRNGKey(6), (B, N))
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "time"))
     final, ys = jax.vmap(lambda i, x: jax.lax.scan(lambda c, x_: f(params, c, x_), i, x))(init, xs)
     weights = weights_like((final, ys), 9)

@@ -14,6 +14,11 @@ OPTIMIZATION_FLAG = (
 )
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPTIMIZATION_FLAG}".strip()
 
+# Strict rank promotion, as JAX's own tests and many codebases set it: any implicit broadcast
+# between arrays of different rank is an error, so the library must broadcast explicitly to
+# run under it. Set before JAX reads its configuration; subprocess workers inherit it.
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+
 # Many tests compile the same programs (the jax.lax.scan references, the solver's pieces)
 # from fresh closures, which jax.jit's in-memory cache does not share, nor do the two xdist
 # workers. A persistent compilation cache, new for each session (the first process, the

@@ -128,7 +128,7 @@ def diagonal_lstm(key, n, d, dtype):
 
     def f(params, carry, x):
         c, h = carry
-        pre = params["w"] * h + params["U"] @ x
+        pre = params["w"] * h[None, :] + params["U"] @ x
         i, fg, g, o = pre
         c = jax.nn.sigmoid(fg + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)

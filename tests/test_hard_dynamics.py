@@ -181,7 +181,7 @@ def _forced_bistable_problem(T, dtype, n=4, coupling=0.2):
     C = coupling * jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype) / np.sqrt(n)
     phases = jnp.linspace(0, 2 * np.pi, n, endpoint=False, dtype=dtype)
     t = jnp.arange(T, dtype=dtype)[:, None]
-    xs = 3.0 * jnp.sin(2 * np.pi * t / 100 + phases)
+    xs = 3.0 * jnp.sin(2 * np.pi * t / 100 + phases[None, :])
     return {"C": C.astype(dtype)}, jnp.zeros(n, dtype), xs.astype(dtype)
 
 

@@ -44,7 +44,7 @@ def test_values_and_gradients_match_the_associative_scan(dtype, reverse):
     np.testing.assert_allclose(_pallas(a, b, reverse), _reference(a, b, reverse), **TOL[dtype])
 
     def loss(solver):
-        return lambda a, b: jnp.sum(jnp.sin(solver(a, b, reverse)) * jnp.arange(1, 6))
+        return lambda a, b: jnp.sum(jnp.sin(solver(a, b, reverse)) * jnp.arange(1, 6)[None, :])
 
     got = jax.grad(loss(_pallas), argnums=(0, 1))(a, b)
     expected = jax.grad(loss(_reference), argnums=(0, 1))(a, b)

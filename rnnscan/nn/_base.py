@@ -66,6 +66,14 @@ def make_carry(shape, dtype, rngs, carry_init):
     return carry_init(rngs(), shape, dtype)
 
 
+def lift(value: jax.Array, ndim: int) -> jax.Array:
+    """``value`` with leading axes of length 1 added up to rank ``ndim``: the explicit form of
+    NumPy's rank promotion, so that a per-feature parameter of shape ``(n,)`` combines with
+    ``(*batch, n)`` arrays under ``jax_numpy_rank_promotion="raise"`` (the numbers are the
+    same as broadcasting implicitly)."""
+    return jnp.reshape(value, (1,) * (ndim - jnp.ndim(value)) + jnp.shape(value))
+
+
 def carry_dtype(dtype: Dtype | None, param_dtype: Dtype) -> Any:
     """The carry's dtype: the computation dtype if given, else the parameters' (as in flax)."""
     return jnp.dtype(param_dtype if dtype is None else dtype)

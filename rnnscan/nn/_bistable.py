@@ -21,6 +21,7 @@ from ._base import (
     default_bias_init,
     default_recurrent_kernel_init,
     gate_stacked,
+    lift,
     ones_init,
     promote_dtype,
 )
@@ -109,6 +110,7 @@ class BRCCell(Cell):
             ),
             dtype=self.dtype,
         )
+        w, b = lift(w, h.ndim), lift(b, h.ndim)
         new_h = _brc_update(h, x @ U, w * jnp.concatenate([h, h], axis=-1), b)
         return new_h, new_h
 
@@ -182,5 +184,5 @@ class NBRCCell(Cell):
             ),
             dtype=self.dtype,
         )
-        new_h = _brc_update(h, x @ U, h @ W, b)
+        new_h = _brc_update(h, x @ U, h @ W, lift(b, h.ndim))
         return new_h, new_h

@@ -19,7 +19,7 @@ from flax import nnx
 from flax.typing import Dtype, Initializer
 
 from .._structure import Dense
-from ._base import Cell, carry_dtype, default_bias_init, promote_dtype
+from ._base import Cell, carry_dtype, default_bias_init, lift, promote_dtype
 
 MODES = ("default", "no_gate", "pure")
 
@@ -219,8 +219,8 @@ class CfCCell(Cell):
         else:
             u, sv, vt = jnp.linalg.svd(dense_rec, full_matrices=False)
             root = jnp.sqrt(sv[:rank])
-            self.recurrent_u = nnx.Param(u[:, :rank] * root)
-            self.recurrent_v = nnx.Param(vt[:rank].T * root)
+            self.recurrent_u = nnx.Param(u[:, :rank] * root[None, :])
+            self.recurrent_v = nnx.Param(vt[:rank].T * root[None, :])
         if self.sparsity > 0.0:
             self.mask = SparsityMask(sparsity_mask(rngs.mask(), (n, m), self.sparsity, param_dtype))
         if backbone_layers > 0:
@@ -289,17 +289,19 @@ class CfCCell(Cell):
         if self.sparsity > 0.0:
             W_rec = W_rec * a["M"]
         pre = x @ a["W_x"] + h @ W_rec
+        c = lift(a["c"], pre.ndim)
         if self.backbone_layers > 0:
-            z = self.activation(pre + a["b1"])
+            z = self.activation(pre + lift(a["b1"], pre.ndim))
             for W, b in a["hidden"]:
-                z = self.activation(z @ W + b)
-            heads = z @ a["W_heads"] + a["c"]
+                z = self.activation(z @ W + lift(b, z.ndim))
+            heads = z @ a["W_heads"] + c
         else:
-            heads = pre + a["c"]
+            heads = pre + c
 
         if self.mode == "pure":
             f = heads
-            new_h = a["A"] - a["A"] * jnp.exp(-dt * (jnp.abs(a["w_tau"]) + jnp.abs(f))) * f
+            A, w_tau = lift(a["A"], f.ndim), lift(a["w_tau"], f.ndim)
+            new_h = A - A * jnp.exp(-dt * (jnp.abs(w_tau) + jnp.abs(f))) * f
             return new_h, new_h
         parts = jnp.split(heads, self.num_heads, axis=-1)
         g, eta, f = jnp.tanh(parts[0]), jnp.tanh(parts[1]), parts[2]

@@ -13,6 +13,7 @@ from flax.typing import Dtype
 
 from .._methods import Method
 from ._auto import Auto
+from ._base import lift
 from ._bistable import BRCCell, NBRCCell
 from ._cfc import CfCCell
 from ._dale import ColEICell, DANNCell
@@ -250,7 +251,9 @@ class SequenceClassifier(nnx.Module):
         if seq_lengths is None:
             logits = jnp.mean(step_logits, axis=-2)
         else:
-            valid = jnp.arange(step_logits.shape[-2]) < jnp.asarray(seq_lengths)[..., None]
+            lengths = jnp.asarray(seq_lengths)[..., None]
+            valid = lift(jnp.arange(step_logits.shape[-2]), lengths.ndim) < lengths
+            valid = jnp.broadcast_to(valid, step_logits.shape[:-1])
             total = jnp.sum(jnp.where(valid[..., None], step_logits, 0), axis=-2)
             logits = total / jnp.maximum(jnp.sum(valid, axis=-1), 1)[..., None]
         return (logits, tuple(all_stats)) if return_stats else logits

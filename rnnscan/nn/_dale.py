@@ -38,7 +38,7 @@ from flax import nnx
 from flax.typing import Dtype, Initializer
 
 from .._structure import Dense
-from ._base import Cell, carry_dtype, default_bias_init, promote_dtype
+from ._base import Cell, carry_dtype, default_bias_init, lift, promote_dtype
 
 
 def _exponential(key, shape, scale: float, dtype) -> jax.Array:
@@ -82,7 +82,7 @@ def _col_ei_init(key, *, n, d, ne, zero_diagonal, spectral_radius, dtype):
     if zero_diagonal:
         magnitude = magnitude * (1.0 - jnp.eye(n, dtype=dtype))
     if spectral_radius is not None:
-        signed = magnitude * _sign(n, ne).astype(dtype)
+        signed = magnitude * _sign(n, ne).astype(dtype)[None, :]
         magnitude = magnitude * (spectral_radius / _spectral_radius(signed))
     return magnitude, _exponential(key_u, (n, d), 1.0 / math.sqrt(d), dtype)
 
@@ -230,7 +230,7 @@ class ColEICell(Cell):
     def recurrent_matrix(self) -> jax.Array:
         """The effective W (n, n), [post, pre]: column j has unit j's sign."""
         V, _, _ = self._weights()
-        return jnp.abs(V) * self.sign.astype(V.dtype)
+        return jnp.abs(V) * self.sign.astype(V.dtype)[None, :]
 
     def input_matrix(self) -> jax.Array:
         """The effective U (n, d) >= 0."""
@@ -242,8 +242,8 @@ class ColEICell(Cell):
             (carry, inputs, self.recurrent_weight[...], self.input_weight[...], self.bias[...]),
             dtype=self.dtype,
         )
-        W = jnp.abs(V) * self.sign.astype(V.dtype)
-        new_h = self.activation_fn(h @ W.T + x @ jnp.abs(A).T + b)
+        W = jnp.abs(V) * self.sign.astype(V.dtype)[None, :]
+        new_h = self.activation_fn(h @ W.T + x @ jnp.abs(A).T + lift(b, h.ndim))
         return new_h, new_h
 
 
@@ -372,5 +372,5 @@ class DANNCell(Cell):
         # Interneuron activity (W_IE h, U_IE x) is computed and subtracted within the step.
         excitation = h @ w_ee.T + x @ u_ee.T
         inhibition = (h @ w_ie.T) @ w_ei.T + (x @ u_ie.T) @ u_ei.T
-        new_h = self.activation_fn(excitation - inhibition + b)
+        new_h = self.activation_fn(excitation - inhibition + lift(b, h.ndim))
         return new_h, new_h

@@ -23,6 +23,7 @@ from ._base import (
     default_diagonal_recurrent_init,
     default_kernel_init,
     gate_stacked,
+    lift,
     promote_dtype,
 )
 from ._gru import gru_update
@@ -91,6 +92,7 @@ class DiagGRUCell(Cell):
             ),
             dtype=self.dtype,
         )
+        b_i, a, b_hn = lift(b_i, h.ndim), lift(a, h.ndim), lift(b_hn, h.ndim)
         # [a_r | a_z | a_n] ⊙ [h | h | h]: the diagonal recurrent part of each gate.
         recurrent = a * jnp.concatenate([h] * 3, axis=-1)
         new_h = gru_update(
@@ -165,6 +167,7 @@ class DiagLSTMCell(Cell):
             (c, h, inputs, self.input_kernel[...], self.recurrent_weight[...], self.bias[...]),
             dtype=self.dtype,
         )
+        a, b = lift(a, h.ndim), lift(b, h.ndim)
         # h broadcast over the four gates: [a_i | a_f | a_g | a_o] ⊙ [h | h | h | h].
         gates = x @ W_i + a * jnp.concatenate([h] * 4, axis=-1) + b
         new_c, new_h = lstm_update(c, gates, gate_fn=self.gate_fn, activation_fn=self.activation_fn)

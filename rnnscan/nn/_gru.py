@@ -16,6 +16,7 @@ from ._base import (
     default_kernel_init,
     default_recurrent_kernel_init,
     gate_stacked,
+    lift,
     promote_dtype,
 )
 
@@ -95,6 +96,7 @@ class GRUCell(Cell):
             ),
             dtype=self.dtype,
         )
+        b_i, b_hn = lift(b_i, h.ndim), lift(b_hn, h.ndim)
         new_h = gru_update(
             h, x @ W_i + b_i, h @ W_h, b_hn, gate_fn=self.gate_fn, activation_fn=self.activation_fn
         )

@@ -288,7 +288,8 @@ class RNN(nnx.Module):
         step = nnx.merge(*nnx.split(self.cell))
         xs = inputs
         if seq_lengths is not None:
-            step, xs = masked_step(step), (inputs, jnp.arange(length) < seq_lengths[:, None])
+            valid = jnp.arange(length)[None, :] < seq_lengths[:, None]
+            step, xs = masked_step(step), (inputs, valid)
         method = self._current_method()
         sol = self._solve_batch(step, initial_carry, xs, guess, method, reverse)
 

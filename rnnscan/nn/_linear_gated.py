@@ -21,6 +21,7 @@ from ._base import (
     default_bias_init,
     default_kernel_init,
     gate_stacked,
+    lift,
     make_carry,
     promote_dtype,
 )
@@ -72,7 +73,7 @@ class MinGRUCell(Cell):
         h, x, W, b = promote_dtype(
             (carry, inputs, self.input_kernel[...], self.input_bias[...]), dtype=self.dtype
         )
-        z_pre, candidate = jnp.split(x @ W + b, 2, axis=-1)
+        z_pre, candidate = jnp.split(x @ W + lift(b, x.ndim), 2, axis=-1)
         z = nnx.sigmoid(z_pre)
         new_h = (1.0 - z) * h + z * candidate
         return new_h, new_h
@@ -124,7 +125,7 @@ class MinLSTMCell(Cell):
         h, x, W, b = promote_dtype(
             (carry, inputs, self.input_kernel[...], self.input_bias[...]), dtype=self.dtype
         )
-        f_pre, i_pre, candidate = jnp.split(x @ W + b, 3, axis=-1)
+        f_pre, i_pre, candidate = jnp.split(x @ W + lift(b, x.ndim), 3, axis=-1)
         f, i = nnx.sigmoid(f_pre), nnx.sigmoid(i_pre)
         new_h = (f * h + i * candidate) / (f + i)
         return new_h, new_h
@@ -213,6 +214,9 @@ class LRUCell(Cell):
             ),
             dtype=self.dtype,
         )
+        nu_log, theta_log, gamma_log, D = (
+            lift(v, x.ndim) for v in (nu_log, theta_log, gamma_log, D)
+        )
         # Real arithmetic on (Re, Im) pairs: cheaper than complex matmuls of real inputs.
         modulus = jnp.exp(-jnp.exp(nu_log))
         phase = jnp.exp(theta_log)
@@ -297,7 +301,8 @@ class RGLRUCell(Cell):
             (carry, inputs, self.gate_kernel[...], self.gate_bias[...], self.Lambda[...]),
             dtype=self.dtype,
         )
-        r_pre, i_pre = jnp.split(x @ W + b, 2, axis=-1)
+        r_pre, i_pre = jnp.split(x @ W + lift(b, x.ndim), 2, axis=-1)
+        Lambda = lift(Lambda, x.ndim)
         r, i = nnx.sigmoid(r_pre), nnx.sigmoid(i_pre)
         log_a = -self.c * r * jax.nn.softplus(-Lambda)
         a = jnp.exp(log_a)

@@ -16,6 +16,7 @@ from ._base import (
     default_kernel_init,
     default_recurrent_kernel_init,
     gate_stacked,
+    lift,
     make_carry,
     promote_dtype,
 )
@@ -93,6 +94,7 @@ class LSTMCell(Cell):
             (c, h, inputs, self.input_kernel[...], self.recurrent_kernel[...], self.bias[...]),
             dtype=self.dtype,
         )
+        b = lift(b, h.ndim)
         new_c, new_h = lstm_update(
             c, x @ W_i + h @ W_h + b, gate_fn=self.gate_fn, activation_fn=self.activation_fn
         )

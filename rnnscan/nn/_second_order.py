@@ -22,6 +22,7 @@ from ._base import (
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
+    lift,
     ones_init,
     promote_dtype,
 )
@@ -141,6 +142,7 @@ class MIRNNCell(Cell):
             dtype=self.dtype,
         )
         Wx, Uh = x @ W, h @ U
+        alpha, beta_1, beta_2, b = (lift(v, Uh.ndim) for v in (alpha, beta_1, beta_2, b))
         new_h = self.activation_fn(alpha * Wx * Uh + beta_1 * Uh + beta_2 * Wx + b)
         return new_h, new_h
 
@@ -211,5 +213,5 @@ class CPRNNCell(Cell):
             dtype=self.dtype,
         )
         bilinear = ((h @ A) * (x @ B)) @ C.T
-        new_h = self.activation_fn(bilinear + h @ V + x @ U + b)
+        new_h = self.activation_fn(bilinear + h @ V + x @ U + lift(b, h.ndim))
         return new_h, new_h

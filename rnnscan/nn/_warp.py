@@ -47,6 +47,7 @@ from ._base import (
     default_kernel_init,
     default_recurrent_kernel_init,
     gate_stacked,
+    lift,
     promote_dtype,
 )
 from ._gru import gru_update
@@ -233,8 +234,8 @@ class TimeWarpLSTMCell(_WarpMixin, Cell):
             ),
             dtype=self.dtype,
         )
-        rate = jnp.exp(-omega)
-        i, f, g, o = jnp.split(x @ W_i + h @ W_h + b, 4, axis=-1)
+        rate = lift(jnp.exp(-omega), h.ndim)
+        i, f, g, o = jnp.split(x @ W_i + h @ W_h + lift(b, h.ndim), 4, axis=-1)
         # f -> f^s; i -> 1 - (1 - i)^s, where 1 - i = sigma(-pre).
         gates = jnp.concatenate([i - warp_shift(-i, rate), f + warp_shift(f, rate), g, o], axis=-1)
         new_c, new_h = lstm_update(c, gates, gate_fn=self.gate_fn, activation_fn=self.activation_fn)
@@ -337,7 +338,8 @@ class TimeWarpGRUCell(_WarpMixin, Cell):
             ),
             dtype=self.dtype,
         )
-        rate = jnp.exp(-omega)
+        rate = lift(jnp.exp(-omega), h.ndim)
+        b_i, b_hn = lift(b_i, h.ndim), lift(b_hn, h.ndim)
         input_part, recurrent_part = x @ W_i + b_i, h @ W_h
         x_r, x_z, x_n = jnp.split(input_part, 3, axis=-1)
         h_z = jnp.split(recurrent_part, 3, axis=-1)[1]

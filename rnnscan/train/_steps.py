@@ -174,7 +174,7 @@ def _forward(
 
 def _summaries(ce, predictions, stats, y, w) -> dict[str, jax.Array]:
     """Sums over the real (non-padding) series of a batch; averages are taken on the host."""
-    valid = w > 0
+    valid = (w > 0)[None, :]  # (1, batch), against the (blocks, batch) stacks below
     iterations = jnp.stack([s.iterations for s in stats])  # (blocks, batch)
     failed = jnp.stack([~s.converged for s in stats])
     fell_back = jnp.stack([s.fell_back for s in stats])

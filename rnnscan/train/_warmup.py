@@ -199,7 +199,7 @@ def _settled(cell, key, batch, drive_steps, settle_steps, settle_len, settle_inp
     carry = cell.initialize_carry((batch, d))
     xs = jax.random.normal(k_drive, (batch, drive_steps, d), dtype)
     lengths = jax.random.randint(k_len, (batch, 1), 1, drive_steps + 1)
-    carry = _run(cell, carry, xs, jnp.arange(drive_steps) < lengths, method)
+    carry = _run(cell, carry, xs, jnp.arange(drive_steps)[None, :] < lengths, method)
     if settle_input == "constant":
         u = jax.random.normal(k_settle, (d,), dtype)
     else:
