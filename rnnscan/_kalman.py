@@ -73,7 +73,7 @@ def _gauss_jordan(M, B):
     O(k^3) like LU.
     """
     k = M.shape[-1]
-    rows = jnp.arange(k)
+    rows = jnp.arange(k).reshape((1,) * (M.ndim - 2) + (k,))  # explicit: strict rank promotion
 
     def eliminate(j, A):
         column = jax.lax.dynamic_index_in_dim(A, j, axis=-1, keepdims=False)  # (..., k)
@@ -83,7 +83,7 @@ def _gauss_jordan(M, B):
         row = jax.lax.dynamic_index_in_dim(A, j, axis=-2, keepdims=True)  # (..., 1, k + m)
         row = row / jax.lax.dynamic_index_in_dim(row, j, axis=-1, keepdims=True)
         factors = jax.lax.dynamic_index_in_dim(A, j, axis=-1, keepdims=True)  # (..., k, 1)
-        A = jnp.where((rows == j)[:, None], row, A - factors * row)
+        A = jnp.where((rows == j)[..., None], row, A - factors * row)
         return A
 
     A = jax.lax.fori_loop(0, k, eliminate, jnp.concatenate([M, B], axis=-1))
