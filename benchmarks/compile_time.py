@@ -53,6 +53,17 @@ def _deer_seq1d():
     return seq1d
 
 
+def method_label(spec) -> tuple[str, object]:
+    """``(label, method)`` of a config entry: a name, or ``{name: newton, linear_recurrence:
+    chunked}`` (the class from ``rnnscan.method_class``, the other keys its fields)."""
+    if isinstance(spec, str):
+        return spec, spec
+    spec = dict(spec)
+    name = spec.pop("name")
+    label = name + "".join(f", {k}={v}" for k, v in spec.items())
+    return label, rnnscan.method_class(name)(**spec)
+
+
 def _program(cell_name, hidden, length, dtype, method, mode):
     """``(function, args)``: the program of one case, closed over nothing traced."""
     cell = make_cell(cell_name, hidden, hidden, dtype, seed=0, options={})
@@ -84,7 +95,8 @@ def _hlo_size(compiled) -> int:
     )
 
 
-def measure(cell, hidden, length, dtype, method, mode, repeats) -> dict:
+def measure(cell, hidden, length, dtype, spec, mode, repeats) -> dict:
+    label, method = method_label(spec)
     lower_s, compile_s = [], []
     for _ in range(repeats):
         fn, args = _program(cell, hidden, length, dtype, method, mode)
@@ -97,7 +109,7 @@ def measure(cell, hidden, length, dtype, method, mode, repeats) -> dict:
         compile_s.append(end - middle)
     return {
         "case": dict(
-            cell=cell, hidden=hidden, length=length, dtype=dtype, method=method, mode=mode
+            cell=cell, hidden=hidden, length=length, dtype=dtype, method=label, mode=mode
         ),
         "lower_s": statistics.median(lower_s),
         "compile_s": statistics.median(compile_s),

@@ -111,3 +111,137 @@ def scan_step(model: ARGRU):
         return s, s
 
     return f
+
+
+# --- ELK's Figure 4 protocol -----------------------------------------------------------------
+
+DEFAULTS = {
+    "name": "cpu",
+    "seeds": [1, 2, 3],
+    # Each method as a user would call it (its defaults), plus what the paper compares.
+    "methods": [
+        "newton",
+        "quasi_newton",
+        "elk",
+        "quasi_elk",
+        {"name": "quasi_elk", "damping": 0.01, "adaptive": False, "max_steps": 2000},
+        {"name": "newton", "window": 100, "give_up": False},
+    ],
+    "repeats": 3,
+    "out": None,
+}
+
+# ELK's own code (lindermanlab/elk, run in a scratch environment; ../shared/data/elk-argru's
+# README): iterations until the mean |error| of the sampled signal is below 1e-2.
+ELK_REFERENCE = {"elk": [156, 165, 147], "quasi_elk": [1394, 1424, 1370], "newton": None}
+
+
+def run_case(label, method, seed, repeats):
+    """One method on one seed: iterations, result, errors against ELK's exact trajectory
+    (of the parallel iterate itself: ``on_failure="return"``), and the median time."""
+    import time
+
+    import rnnscan
+
+    model, problem = load(seed)
+    f = scan_step(model)
+    solve = jax.jit(lambda s0, us: rnnscan.solve(f, s0, us, method=method, on_failure="return"))
+    sol = jax.block_until_ready(solve(problem.init, problem.drivers))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(solve(problem.init, problem.drivers))
+        times.append(time.perf_counter() - start)
+    error = np.abs(np.asarray(sol.carries)[:, 0] - problem.states[:, 0])
+    return {
+        "method": label,
+        "seed": seed,
+        "iterations": int(sol.iterations),
+        "converged": bool(sol.converged),
+        "result": rnnscan.RESULTS.message(int(sol.result)),
+        "mean_abs_error": float(np.nanmean(error)) if np.isfinite(error).any() else None,
+        "max_abs_error": float(np.nanmax(error)) if np.isfinite(error).any() else None,
+        "median_s": sorted(times)[len(times) // 2],
+    }
+
+
+def report(records) -> str:
+    seeds = sorted({r["seed"] for r in records})
+    lines = [
+        "| method | "
+        + " | ".join(f"seed {s}: iterations (mean / max error)" for s in seeds)
+        + " | ELK's code to mean error < 1e-2 |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for label in dict.fromkeys(r["method"] for r in records):
+        cells = []
+        for s in seeds:
+            r = next(r for r in records if r["method"] == label and r["seed"] == s)
+            mark = "" if r["converged"] else " (not converged)"
+            err = (
+                f"{r['mean_abs_error']:.1e} / {r['max_abs_error']:.1e}"
+                if r["mean_abs_error"] is not None
+                else "non-finite"
+            )
+            cells.append(f"{r['iterations']}{mark} ({err})")
+        ref = ELK_REFERENCE.get(label)
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {' / '.join(map(str, ref)) if ref else '–'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, path) -> None:
+    from . import harness
+
+    plt = harness.pyplot()
+    labels = list(dict.fromkeys(r["method"] for r in records))
+    seeds = sorted({r["seed"] for r in records})
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(seeds)
+    for i, s in enumerate(seeds):
+        its = [next(r for r in records if r["method"] == m and r["seed"] == s) for m in labels]
+        xs = np.arange(len(labels)) + i * width
+        bars = ax.bar(xs, [r["iterations"] for r in its], width, label=f"rnnscan, seed {s}")
+        for bar, r in zip(bars, its):
+            if not r["converged"]:
+                bar.set_hatch("//")
+        for x, m in zip(xs, labels):
+            ref = ELK_REFERENCE.get(m)
+            if ref:
+                ax.plot(x, ref[i], "k_", ms=12, mew=2)
+    ax.plot([], [], "k_", ms=12, mew=2, label="ELK's code, to mean error < 1e-2")
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=15, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("iterations (hatched: not converged)")
+    ax.legend(fontsize=8)
+    harness.save_figure(fig, path, title="ELK's AR-GRU (T = 9,999, float32)")
+
+
+def main(argv=None) -> None:
+    from tqdm import tqdm
+
+    from . import harness
+
+    args, config, out = harness.setup("python -m experiments.elk_argru", __doc__, DEFAULTS, argv)
+    if not available():
+        raise SystemExit(f"error: the ELK AR-GRU data is not at {data_dir()} (see its README)")
+    meta = harness.provenance(config, args.config, args.set)
+    cases = [(harness.method(spec), seed) for spec in config["methods"] for seed in config["seeds"]]
+    records = []
+    for (label, method), seed in tqdm(cases, desc="AR-GRU solves"):
+        records.append(run_case(label, method, seed, config["repeats"]))
+    summary = (
+        "# ELK's benchmark: the paper's trained AR-GRU\n\n"
+        + harness.device_line(meta)
+        + "\n\n"
+        + report(records)
+    )
+    harness.write_outputs(out, {"provenance": meta, "records": records}, summary)
+    plot(records, f"results/figures/{Path(out).name}.png")
+
+
+if __name__ == "__main__":
+    main()
