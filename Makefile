@@ -85,12 +85,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --config configs/benchmarks/quick.yaml
 
 lint: $(STAMP)
-	$(PY) -m ruff check rnnscan benchmarks experiments tests
-	$(PY) -m ruff format --check rnnscan benchmarks experiments tests
+	$(PY) -m ruff check rnnscan benchmarks experiments tools tests
+	$(PY) -m ruff format --check rnnscan benchmarks experiments tools tests
 
 format: $(STAMP)
-	$(PY) -m ruff format rnnscan benchmarks experiments tests
-	$(PY) -m ruff check --fix rnnscan benchmarks experiments tests
+	$(PY) -m ruff format rnnscan benchmarks experiments tools tests
+	$(PY) -m ruff check --fix rnnscan benchmarks experiments tools tests
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) $(DIST_VENV) .pytest_cache .ruff_cache .hypothesis site dist build

@@ -103,7 +103,18 @@ def sequence_length(xs, length: int | None) -> int:
     return int(T)
 
 
+def concrete(value, name: str, kind: str):
+    """``value`` itself; a traced one raises ``jax.lax.scan``'s error (a traced ``length`` or
+    ``unroll`` fixes the shape of the program, so it must be known when tracing)."""
+    if isinstance(value, jax.core.Tracer):
+        raise jax.errors.ConcretizationTypeError(
+            value, f"The `{name}` argument to `scan` expects a concrete {kind} value."
+        )
+    return value
+
+
 def _check_length(length):
+    concrete(length, "length", "`int`")
     if not isinstance(length, (int, np.integer)) or length < 0:
         raise ValueError(f"length must be a non-negative Python int, got {length!r}")
 

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._closure import closure_convert
-from ._flatten import carry_dtype, check_step_function, make_flattener, sequence_length
+from ._flatten import (
+    carry_dtype,
+    check_step_function,
+    concrete,
+    make_flattener,
+    sequence_length,
+)
 from ._growth import declared_structure, largest_exponent
 from ._methods import Method, as_method
 from ._solution import RESULTS, Solution
@@ -71,6 +77,7 @@ def _map_solution(f, init, xs, length) -> Solution:
 
 def _check_unroll(unroll):
     """``jax.lax.scan``'s rule, for every method (only ``"sequential"`` uses it)."""
+    concrete(unroll, "unroll", "`int` or `bool`")
     if not (isinstance(unroll, bool) or (isinstance(unroll, (int, np.integer)) and unroll >= 0)):
         raise ValueError(f"unroll must be a bool or a non-negative int, got {unroll!r}")
 
@@ -346,6 +353,8 @@ def scan(
     ``jax.lax.scan`` to ``rnnscan.scan`` gives the same numbers up to the solver tolerance;
     when a parallel solve fails to converge the exact sequential result is returned
     (``on_failure="fallback"``). Use :func:`rnnscan.solve` to see iteration counts.
+    ``method="sequential"`` is the call ``jax.lax.scan(f, init, xs, length, reverse,
+    unroll)`` itself: the same program, the same errors (``guess`` is ignored).
 
     ``axis_name``: inside ``jax.shard_map`` with the time axis of ``xs`` split over that mesh
     axis, ``ys`` is this device's block and ``final_carry`` the global last carry, on every
@@ -360,6 +369,11 @@ def scan(
                 ys.append(y)
             return carry, stack(ys[::-1] if reverse else ys)
     """
+    if axis_name is None and as_method(method).exact:
+        # "sequential" is the call it replaces, verbatim: the same program, the same errors.
+        if on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+        return jax.lax.scan(f, init, xs, length, reverse, unroll)
     sol = solve(
         f,
         init,

@@ -110,9 +110,10 @@ def test_unroll_reaches_lax_scan():
     assert "unroll=3" in str(jaxpr)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARALLEL)
 @pytest.mark.parametrize("unroll", [-1, 1.5])
 def test_invalid_unroll_is_refused(method, unroll):
+    # "sequential" raises what jax.lax.scan raises (test_sequential_raises_what_lax_scan_raises).
     with pytest.raises(ValueError, match="unroll"):
         rnnscan.scan(lambda c, x: (c + x, c), 0.0, jnp.arange(3.0), unroll=unroll, method=method)
 
@@ -196,3 +197,61 @@ def test_numbers_agree_with_numpy_reference():
         rtol=1e-8,
         atol=1e-10,
     )
+
+
+def test_sequential_scan_is_the_lax_scan_program():
+    # JAX's own jaxpr tests (forwarding of xs to ys, the scan equation's params) then hold too.
+    f = lambda c, x: (c + 1, x)
+    ours = jax.make_jaxpr(lambda x: rnnscan.scan(f, 0, x, method="sequential", unroll=2))
+    ref = jax.make_jaxpr(lambda x: jax.lax.scan(f, 0, x, unroll=2))
+    assert str(ours(jnp.arange(3.0))) == str(ref(jnp.arange(3.0)))
+
+
+def _bad_calls():
+    def changes_structure(c, x):
+        return (c[0], c[1], c[1]), x
+
+    def changes_dtype(c, x):
+        return c.astype(jnp.float32), x
+
+    return {
+        "not-callable": lambda scan: scan(0, 0.0, jnp.arange(3.0)),
+        "carry-structure": lambda scan: scan(changes_structure, (0.0, 1.0), jnp.arange(3.0)),
+        "carry-dtype": lambda scan: scan(changes_dtype, jnp.int32(0), jnp.arange(3.0)),
+        "not-a-pair": lambda scan: scan(lambda c, x: c, 0.0, jnp.arange(3.0)),
+        "scalar-xs": lambda scan: scan(lambda c, x: (c, x), 0.0, [1.0, 2.0]),
+        "length": lambda scan: scan(lambda c, x: (c, x), 0.0, jnp.arange(3.0), length=2),
+        "unroll": lambda scan: scan(lambda c, x: (c, x), 0.0, jnp.arange(3.0), unroll=-1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_calls()))
+def test_sequential_raises_what_lax_scan_raises(name):
+    call = _bad_calls()[name]
+    with pytest.raises(Exception) as ref:
+        call(jax.lax.scan)
+    with pytest.raises(type(ref.value)) as ours:
+        call(lambda *a, **k: rnnscan.scan(*a, method="sequential", **k))
+    assert str(ours.value) == str(ref.value)
+
+
+@pytest.mark.parametrize("name", list(_bad_calls()))
+def test_parallel_methods_raise_the_exception_class_lax_scan_raises(name):
+    # The messages are rnnscan's own (they name the argument at fault); the classes match.
+    call = _bad_calls()[name]
+    with pytest.raises(Exception) as ref:
+        call(jax.lax.scan)
+    with pytest.raises(type(ref.value)):
+        call(lambda *a, **k: rnnscan.scan(*a, method="newton", **k))
+
+
+@pytest.mark.parametrize("method", ["sequential", "newton"])
+@pytest.mark.parametrize("argument", ["length", "unroll"])
+def test_a_traced_length_or_unroll_is_a_concretization_error(method, argument):
+    # As jax.lax.scan: a jitted argument cannot set the number of steps or the unrolling.
+    def call(n, x):
+        kwargs = {"length": n} if argument == "length" else {"length": 4, "unroll": n}
+        return rnnscan.scan(lambda c, _: (c, c), x, None, method=method, **kwargs)
+
+    with pytest.raises(jax.errors.ConcretizationTypeError, match=f"`{argument}` argument"):
+        jax.jit(call)(3, 1.0)

@@ -116,8 +116,11 @@ class RNN(nnx.Module):
         unroll: passed to ``jax.lax.scan`` by the ``"sequential"`` method (without a
             mesh), as in ``flax.nnx.RNN``.
         state_axes, broadcast_rngs: accepted for ``flax.nnx.RNN``'s signature, with its
-            defaults (``None``) only: the cell's variables and random streams are the same
-            at every step. Other values raise ``ValueError``.
+            defaults (``None``) only; other values raise ``ValueError``. The cell runs as a
+            pure function of ``(carry, x)`` and its parameters, so it may neither update its
+            variables nor draw from its random streams while it runs (no dropout inside
+            the cell: ``flax.nnx.RNN`` advances such state from step to step, or with
+            ``broadcast_rngs`` reuses one key at every step).
         on_failure: what a solve that does not converge does: ``"fallback"`` (recompute
             sequentially, the default), ``"raise"`` or ``"return"``.
         sow_stats: also sow each call's :class:`SolverStats` as ``nnx.Intermediate`` under
@@ -157,9 +160,10 @@ class RNN(nnx.Module):
         for flag, value in (("state_axes", state_axes), ("broadcast_rngs", broadcast_rngs)):
             if value is not None:
                 raise ValueError(
-                    f"rnnscan.nn.RNN: {flag}={value!r} is not supported: the cell's state and "
-                    "random streams are the same at every step (flax's defaults, None); "
-                    "per-step state cannot enter a parallel solve"
+                    f"rnnscan.nn.RNN: {flag}={value!r} is not supported (only flax's "
+                    "default, None): the cell runs as a pure function of (carry, x) and its "
+                    "parameters, so it can neither update its variables nor draw random "
+                    "numbers (e.g. recurrent dropout) inside the solve"
                 )
         if not (isinstance(unroll, bool) or (isinstance(unroll, int) and unroll >= 0)):
             raise ValueError(
