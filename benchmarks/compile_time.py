@@ -108,9 +108,7 @@ def measure(cell, hidden, length, dtype, spec, mode, repeats) -> dict:
         lower_s.append(middle - start)
         compile_s.append(end - middle)
     return {
-        "case": dict(
-            cell=cell, hidden=hidden, length=length, dtype=dtype, method=label, mode=mode
-        ),
+        "case": dict(cell=cell, hidden=hidden, length=length, dtype=dtype, method=label, mode=mode),
         "lower_s": statistics.median(lower_s),
         "compile_s": statistics.median(compile_s),
         "hlo_instructions": _hlo_size(compiled),
