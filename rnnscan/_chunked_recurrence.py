@@ -43,20 +43,23 @@ def _loop(step, carry, inputs, collect: bool):
     ``(carry, stacked outputs)`` with ``collect``, else ``(carry, None)``. (Not ``lax.scan``:
     nothing here is differentiated, and a ``scan`` would read as a sequential fallback.)"""
     length = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    if length == 0 and not collect:
-        return carry, None
+    one_input = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inputs)
+    out = None
+    if collect:
+        y = jax.eval_shape(step, carry, one_input)[1]
+        out = jax.tree_util.tree_map(lambda v: jnp.zeros((length,) + v.shape, v.dtype), y)
+    if length == 0:
+        return carry, out
 
     def body(state):
         i, carry, out = state
         carry, y = step(carry, jax.tree_util.tree_map(lambda a: a[i], inputs))
         if collect:
-            out = jax.lax.dynamic_update_index_in_dim(out, y, i, 0)
+            out = jax.tree_util.tree_map(
+                lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, 0), out, y
+            )
         return i + 1, carry, out
 
-    out = None
-    if collect:
-        y = jax.eval_shape(step, carry, jax.tree_util.tree_map(lambda a: a[0], inputs))[1]
-        out = jnp.zeros((length,) + y.shape, y.dtype)
     _, carry, out = jax.lax.while_loop(
         lambda state: state[0] < length, body, (jnp.array(0, jnp.int32), carry, out)
     )
@@ -117,3 +120,62 @@ def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = Fal
         return _forward(A, rhs, structure, chunk)
 
     return recurrence_solve(run, A, b, structure, reverse)
+
+
+def chunked_associative_scan(combine, elements, *, reverse: bool = False, chunk=None):
+    """``jax.lax.associative_scan(combine, elements, reverse=reverse, axis=0)`` by the same
+    three fixed-shape passes over ~sqrt(T) chunks, for any associative ``combine`` (called,
+    as by ``associative_scan``, on elements with a leading batch axis): each chunk's total,
+    the exclusive prefixes of the totals, then each chunk's prefixes from its own. The
+    program does not grow with T; about 2 T combines, depth ~3 sqrt(T). Not differentiable
+    (nothing that calls it is differentiated).
+
+    Reference loop::
+
+        out[0] = e[0]
+        for t in range(1, T):
+            out[t] = combine(out[t - 1], e[t])
+    """
+    tree_map = jax.tree_util.tree_map
+    if reverse:
+        flip = lambda tree: tree_map(lambda a: jnp.flip(a, axis=0), tree)
+        return flip(chunked_associative_scan(combine, flip(elements), chunk=chunk))
+    T = jax.tree_util.tree_leaves(elements)[0].shape[0]
+    C = chunk_size(T) if chunk is None else chunk
+    K = -(-T // C)
+    # Padding repeats the last element (finite, harmless): it only follows real steps.
+    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], K * C - T, axis=0)])
+    by_chunk = tree_map(
+        lambda a: jnp.swapaxes(pad(a).reshape((K, C) + a.shape[1:]), 0, 1), elements
+    )
+    first = tree_map(lambda a: a[0], by_chunk)  # (K, ...)
+
+    def fold(total, e):
+        return combine(total, e), None
+
+    totals, _ = _loop(fold, first, tree_map(lambda a: a[1:], by_chunk), False)
+
+    def inclusive(prefix, total):
+        one = lambda tree: tree_map(lambda a: a[None], tree)
+        new = tree_map(lambda a: a[0], combine(one(prefix), one(total)))
+        return new, new
+
+    # The prefixes of the totals, then shifted by one: chunk k starts after chunks 0..k-1.
+    # (Chunk 0 starts from its own first element; its stand-in prefix is never used.)
+    head = tree_map(lambda a: a[0], totals)
+    _, later = _loop(inclusive, head, tree_map(lambda a: a[1:], totals), True)
+    prefixes = tree_map(lambda h, r: jnp.concatenate([h[None], r]), head, later)
+    before = tree_map(lambda p: jnp.concatenate([p[:1], p[:-1]]), prefixes)
+    starts = combine(before, first)
+    is_first = jnp.arange(K) == 0
+    starts = tree_map(
+        lambda s, f: jnp.where(is_first.reshape((K,) + (1,) * (s.ndim - 1)), f, s), starts, first
+    )
+
+    def running(prefix, e):
+        new = combine(prefix, e)
+        return new, new
+
+    _, rest = _loop(running, starts, tree_map(lambda a: a[1:], by_chunk), True)
+    out = tree_map(lambda s, r: jnp.concatenate([s[None], r]), starts, rest)  # (C, K, ...)
+    return tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape((K * C,) + a.shape[2:])[:T], out)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, ScalarLike
 
+from ._chunked_recurrence import chunked_associative_scan
 from ._structure import BlockDiagonal, Dense, Diagonal, Structure
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -245,19 +246,27 @@ def damped_linear_recurrence(
     elements = _filter_elements(ops, Jb, rb, a, s)
     combine = functools.partial(_combine_filter, ops)
 
-    _, m, P, _, _ = jax.lax.associative_scan(combine, elements, axis=0)
+    scan = _associative_scan()
+    _, m, P, _, _ = scan(combine, elements)
     if update == "filter":
         return from_blocks(m)
     # Suffixes a_t (x) ... (x) a_{T-1}; the reversed scan passes the later element first.
-    _, _, _, eta, Z = jax.lax.associative_scan(
-        lambda later, earlier: combine(earlier, later), elements, reverse=True, axis=0
-    )
+    _, _, _, eta, Z = scan(lambda later, earlier: combine(earlier, later), elements, reverse=True)
     # The likelihood of y_{t+1..T-1} as a function of delta_t; nothing after the last step.
     eta = jnp.concatenate([eta[1:], jnp.zeros_like(eta[:1])])
     Z = jnp.concatenate([Z[1:], jnp.zeros_like(Z[:1])])
 
     delta = ops.solve_vec(ops.eye_like(P) + ops.mm(P, Z), m + ops.mv(P, eta))
     return from_blocks(delta)
+
+
+def _associative_scan():
+    """The prefix scan of the filter's elements: on CPUs the chunked passes, whose program
+    does not grow with T (``jax.lax.associative_scan`` compiles its Kalman combine once per
+    level: most of ELK's compile time), elsewhere ``jax.lax.associative_scan``."""
+    if jax.default_backend() == "cpu":
+        return chunked_associative_scan
+    return functools.partial(jax.lax.associative_scan, axis=0)
 
 
 def _filter_elements(ops, J, r, a, s):

@@ -84,3 +84,20 @@ def test_auto_is_chunked_for_elementwise_jacobians_on_cpus():
     assert resolve_backend("auto", Dense()) == "associative"
     with pytest.raises(ValueError, match="backend"):
         resolve_backend("fast")
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 17, 50])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunked_associative_scan_matches_jax(T, reverse):
+    from rnnscan._chunked_recurrence import chunked_associative_scan
+
+    def combine(earlier, later):  # a non-commutative operator on pairs
+        return Dense().compose(later[0], earlier[0]), Dense().matvec(later[0], earlier[1]) + later[
+            1
+        ]
+
+    elements = problem(T, (4, 4), seed=T)
+    ours = chunked_associative_scan(combine, elements, reverse=reverse)
+    tree_allclose(
+        ours, jax.lax.associative_scan(combine, elements, reverse=reverse), rtol=1e-10, atol=1e-12
+    )
