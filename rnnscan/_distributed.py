@@ -123,7 +123,9 @@ def linear_recurrence_sharded(
     P_blocks, x_blocks = jax.lax.all_gather((P[end], x[end]), axis_name)
     # X[j]: the true state at block j's last step in the recurrence's direction (the scan
     # over blocks runs the same way as the scan over steps).
-    X = linear_recurrence(P_blocks, x_blocks, structure, reverse=reverse)
+    # D summaries only: the associative scan (the chunked passes' loops would carry
+    # device-varying values inside shard_map, and buy nothing at this size).
+    X = linear_recurrence(P_blocks, x_blocks, structure, reverse=reverse, backend="associative")
     zero = jnp.zeros_like(X[:1])
     if reverse:
         # Block d starts from block d + 1's first step; the last block from x_T = 0.

@@ -200,7 +200,7 @@ def test_load_uea_fills_and_caches_lengths(tmp_path):
 def _padded(x, lengths, T, junk=7.0):
     """``x`` padded to ``T`` steps with junk after each series' end."""
     out = jnp.full((x.shape[0], T, x.shape[2]), junk, x.dtype).at[:, : x.shape[1]].set(x)
-    return jnp.where((jnp.arange(T) < lengths[:, None])[..., None], out, junk)
+    return jnp.where((jnp.arange(T)[None, :] < lengths[:, None])[..., None], out, junk)
 
 
 def test_padding_never_changes_a_prediction():
