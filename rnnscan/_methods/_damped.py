@@ -81,7 +81,7 @@ class ELK(Iterative):
     the give-up rules, and two accepted iterates in a row with every residual within
     tolerance also count as converged. ``"smoother"`` takes the minimiser above (the Kalman
     smoother's means) with the trust region as described. Measured on the ELK paper's AR-GRU
-    (T = 9,999, float32): "filter" converges in 64 / 96 / 76 iterations (seeds 1-3),
+    (T = 9,999, float32): "filter" converges in 65 / 96 / 76 iterations (seeds 1-3),
     "smoother" not in 400 (docs/methods.md, "ELK's benchmark").
     """
 
