@@ -93,12 +93,3 @@ class Recurrence:
             lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, size), self.xs
         )
         return Recurrence(self.F, WHOLE, size, c_in, xs, self.consts)
-
-    def padded(self, size: int):
-        """The inputs with the last step repeated ``size`` times, so that a window of
-        ``size`` steps never runs off the end."""
-
-        def pad(leaf):
-            return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], size, axis=0)], axis=0)
-
-        return dataclasses.replace(self, xs=jax.tree_util.tree_map(pad, self.xs))
