@@ -206,6 +206,9 @@ class QuasiELK(ELK):
 
     name: ClassVar[str] = "quasi_elk"
     diagonal_only: ClassVar[bool] = True
+    # Its diagonal model grows the prefix by a step or so per iteration even where it cannot
+    # converge (RK4 on a pendulum ran to the cap): the prefix must also be fast enough.
+    prefix_budget: ClassVar[bool] = True
 
 
 for _cls in (ELK, QuasiELK):
