@@ -170,17 +170,16 @@ def implicit_solve(G, method: Method, on_failure: str, c0, xs, guess):
     G_flat = lambda cp, c, x, *k: G_converted(cp, (c, x), *k)
 
     K = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    # The step equations are solved with a diagonal or a dense Jacobian (block structure: dense).
+    declared = getattr(method, "jacobian", None)
+    structure = Diagonal() if isinstance(declared, Diagonal) else Dense()
+    if declared is not None:
+        method = dataclasses.replace(method, jacobian=structure)
+    method = method.resolved(c0.dtype, K, exact_prefix=False, structure=structure)
     # The steps' own Newton (sequential, and the fallback) uses the method's tolerances, or
     # Newton's for the exact method.
-    tolerances = method if hasattr(method, "rtol") else Newton()
-    tolerances = tolerances.resolved(c0.dtype, K, exact_prefix=False)
+    tolerances = method if hasattr(method, "rtol") else Newton().resolved(c0.dtype, K)
     rtol, atol = tolerances.rtol, tolerances.atol
-    structure = getattr(method, "jacobian", Dense())
-    if not isinstance(structure, Diagonal):
-        structure = Dense()
-    if hasattr(method, "jacobian"):
-        method = dataclasses.replace(method, jacobian=structure)
-    method = method.resolved(c0.dtype, K, exact_prefix=False)
     sg = jax.lax.stop_gradient
     problem = ImplicitSteps(G_flat, sg(c0), sg(xs), [sg(k) for k in consts], rtol, atol)
     guess = None if guess is None else sg(guess)
