@@ -30,7 +30,12 @@ CELLS = {
     # Away from the neutral warp, which is the plain LSTM / GRU exactly.
     "time_warp_lstm": (rn.TimeWarpLSTMCell, {"warp": 2.0}),
     "time_warp_gru": (rn.TimeWarpGRUCell, {"warp": 0.5}),
+    # Low-rank recurrent kernels, W_h = U Vᵀ (Lu et al. 2016).
+    "gru_rank2": (rn.GRUCell, {"rank": 2}),
+    "lstm_rank2": (rn.LSTMCell, {"rank": 2}),
 }
+# Entries that are a named cell of rnnscan.nn.CELLS with options: entry -> that name.
+OPTION_VARIANTS = {"gru_rank2": "gru", "lstm_rank2": "lstm"}
 CELL_NAMES = sorted(CELLS)
 CARRY_LINEAR = sorted(name for name, (cls, _) in CELLS.items() if cls.carry_linear)
 

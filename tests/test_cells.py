@@ -13,6 +13,7 @@ from _cells_helpers import (
     CARRY_LINEAR,
     CELL_NAMES,
     CELLS,
+    OPTION_VARIANTS,
     TOLERANCES,
     count_params,
     flat_carry,
@@ -406,16 +407,21 @@ PARAM_COUNTS = {
     "cfc": lambda n, d, R: 128 * (d + n + 1) + 4 * n * 129,
     "time_warp_lstm": lambda n, d, R: 4 * (n * d + n**2 + n) + n,  # + one warp per unit
     "time_warp_gru": lambda n, d, R: 3 * (n * d + n**2 + n) + 2 * n,
+    # W_h = U Vᵀ: n r + g n r in place of g n² (Lu et al. 2016), r = 2.
+    "gru_rank2": lambda n, d, R: 3 * (n * d + n) + n + 4 * n * 2,
+    "lstm_rank2": lambda n, d, R: 4 * (n * d + n) + 5 * n * 2,
 }
 
 
 @pytest.mark.parametrize("n, d, R", [(5, 3, 2), (8, 8, 8), (2, 7, 11)])
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_parameter_counts(name, n, d, R):
-    cls = rn.CELLS[name]
+    cls = rn.CELLS[OPTION_VARIANTS.get(name, name)]
     if name == "rglru":
         d = n
     kwargs = {"rank": R} if name == "cp_rnn" else {}
+    if name in OPTION_VARIANTS:
+        kwargs = CELLS[name][1]
     cell = nnx.eval_shape(lambda: cls(d, n, rngs=nnx.Rngs(0), **kwargs))  # shapes only
     assert count_params(cell) == PARAM_COUNTS[name](n, d, R)
 

@@ -12,6 +12,8 @@ import optax
 import pytest
 from _cells_helpers import (
     CELL_NAMES,
+    CELLS,
+    OPTION_VARIANTS,
     TOLERANCES,
     make_cell,
     normal,
@@ -358,8 +360,11 @@ def _classifier(cell, method, **kwargs):
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_classifier_builds_every_cell(cell):
-    """Shapes only (no compilation): every named cell fits the architecture."""
-    model = nnx.eval_shape(lambda: _classifier(cell, "newton", num_blocks=2))
+    """Shapes only (no compilation): every named cell fits the architecture (with its
+    options as ``cell_kwargs`` for the option variants)."""
+    options = {"cell_kwargs": CELLS[cell][1]} if cell in OPTION_VARIANTS else {}
+    name = OPTION_VARIANTS.get(cell, cell)
+    model = nnx.eval_shape(lambda: _classifier(name, "newton", num_blocks=2, **options))
     logits, stats = nnx.eval_shape(
         lambda model, xs: model(xs, return_stats=True),
         model,

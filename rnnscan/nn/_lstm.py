@@ -20,6 +20,13 @@ from ._base import (
     make_carry,
     promote_dtype,
 )
+from ._low_rank import (
+    check_rank,
+    effective_recurrent_kernel,
+    low_rank_factors,
+    recurrent_arrays,
+    recurrent_product,
+)
 
 
 class LSTMCell(Cell):
@@ -42,14 +49,25 @@ class LSTMCell(Cell):
     an orthogonal recurrent kernel per gate, zero biases except b_f = ``forget_bias``
     (1 by default, Jozefowicz et al. 2015: the cell starts by remembering).
 
-    Carry Jacobian: dense.
+    Low rank (``rank=r``): W_h = U Vᵀ with ``recurrent_u`` U (n, r), one projection shared
+    by the four gates, and ``recurrent_v`` V (4n, r) in place of ``recurrent_kernel``;
+    h W_h is computed as (h U) Vᵀ (Lu, Sindhwani & Sainath 2016, "Learning compact recurrent
+    neural networks"). Parameters: 4(nd + n) + 5nr (against 4n² recurrent ones: fewer when
+    r < 4n/5). Initialisation: U and each gate's V_kᵀ (r, n) drawn on their own by
+    ``recurrent_kernel_init``, so each gate's U V_kᵀ is a partial isometry by default.
+
+    Carry Jacobian: dense (also at low rank).
 
     Args:
         in_features: d, the input size.
         hidden_features: n, the size of c, h and the output.
+        rank: r, the rank of the recurrent kernel (None, the default: a full (n, 4n)
+            kernel); 1 ≤ r ≤ n.
         forget_bias: the initial value of the forget gate's bias b_f (a parameter, trained).
         gate_fn, activation_fn: σ and tanh above.
-        kernel_init, recurrent_kernel_init, bias_init: initialisers.
+        kernel_init, recurrent_kernel_init, bias_init: initialisers (the recurrent one is
+            applied to each gate's (n, n) block separately; at low rank to U and to each
+            gate's (r, n) block of Vᵀ).
         dtype: the computation dtype (default: inferred from inputs and parameters).
         param_dtype: the parameters' dtype.
         rngs: the random streams that initialise the parameters.
@@ -60,6 +78,7 @@ class LSTMCell(Cell):
         in_features: int,
         hidden_features: int,
         *,
+        rank: int | None = None,
         forget_bias: float = 1.0,
         gate_fn: Callable[[jax.Array], jax.Array] = nnx.sigmoid,
         activation_fn: Callable[[jax.Array], jax.Array] = nnx.tanh,
@@ -74,15 +93,21 @@ class LSTMCell(Cell):
         self.hidden_features = hidden_features
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
+        self.rank = check_rank("LSTMCell", rank, hidden_features)
         self.dtype = dtype
         self.carry_dtype = carry_dtype(dtype, param_dtype)
         d, n = in_features, hidden_features
         self.input_kernel = nnx.Param(
             gate_stacked(kernel_init, 4)(rngs.params(), (d, 4 * n), param_dtype)
         )
-        self.recurrent_kernel = nnx.Param(
-            gate_stacked(recurrent_kernel_init, 4)(rngs.params(), (n, 4 * n), param_dtype)
-        )
+        if self.rank is None:
+            self.recurrent_kernel = nnx.Param(
+                gate_stacked(recurrent_kernel_init, 4)(rngs.params(), (n, 4 * n), param_dtype)
+            )
+        else:
+            self.recurrent_u, self.recurrent_v = low_rank_factors(
+                recurrent_kernel_init, 4, n, self.rank, param_dtype, rngs
+            )
         bias = bias_init(rngs.params(), (4 * n,), param_dtype)
         self.bias = nnx.Param(bias.at[n : 2 * n].add(forget_bias))
 
@@ -90,15 +115,22 @@ class LSTMCell(Cell):
         self, carry: tuple[jax.Array, jax.Array], inputs: jax.Array
     ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         c, h = carry
-        c, h, x, W_i, W_h, b = promote_dtype(
-            (c, h, inputs, self.input_kernel[...], self.recurrent_kernel[...], self.bias[...]),
+        c, h, x, W_i, b, *W_h = promote_dtype(
+            (c, h, inputs, self.input_kernel[...], self.bias[...], *recurrent_arrays(self)),
             dtype=self.dtype,
         )
         b = lift(b, h.ndim)
         new_c, new_h = lstm_update(
-            c, x @ W_i + h @ W_h + b, gate_fn=self.gate_fn, activation_fn=self.activation_fn
+            c,
+            x @ W_i + recurrent_product(h, tuple(W_h)) + b,
+            gate_fn=self.gate_fn,
+            activation_fn=self.activation_fn,
         )
         return (new_c, new_h), new_h
+
+    def recurrent_matrix(self) -> jax.Array:
+        """The effective recurrent kernel W_h (n, 4n): ``recurrent_kernel`` or U Vᵀ."""
+        return effective_recurrent_kernel(self)
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         """Zero ``(c, h)`` (or ``carry_init``'s) for inputs of shape ``(*batch, in_features)``."""
