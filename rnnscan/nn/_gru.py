@@ -56,7 +56,8 @@ class GRUCell(Cell):
     ``recurrent_kernel_init``, so each gate's U V_kᵀ is a partial isometry by default.
 
     Carry Jacobian: dense (every unit reads every other through W_h; also at low rank, where
-    it is a diagonal plus a rank-≤ 3r term, not exploited by the solvers).
+    h enters only through h U and it is diag(z) plus a term of rank ≤ r, a structure the
+    solvers do not exploit).
 
     Args:
         in_features: d, the input size.
