@@ -30,6 +30,8 @@ CELLS = {
     # Away from the neutral warp, which is the plain LSTM / GRU exactly.
     "time_warp_lstm": (rn.TimeWarpLSTMCell, {"warp": 2.0}),
     "time_warp_gru": (rn.TimeWarpGRUCell, {"warp": 0.5}),
+    # Away from the plain RNN (tau = 1), with unequal time constants.
+    "leaky_rnn": (rn.LeakyRNNCell, {"tau_init": (1.5, 6.0)}),
 }
 CELL_NAMES = sorted(CELLS)
 CARRY_LINEAR = sorted(name for name, (cls, _) in CELLS.items() if cls.carry_linear)

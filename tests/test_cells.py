@@ -406,6 +406,7 @@ PARAM_COUNTS = {
     "cfc": lambda n, d, R: 128 * (d + n + 1) + 4 * n * 129,
     "time_warp_lstm": lambda n, d, R: 4 * (n * d + n**2 + n) + n,  # + one warp per unit
     "time_warp_gru": lambda n, d, R: 3 * (n * d + n**2 + n) + 2 * n,
+    "leaky_rnn": lambda n, d, R: n * d + n**2 + 2 * n,  # + one trained tau per neuron
 }
 
 
