@@ -82,8 +82,9 @@ class LeakyRNNCell(Cell):
     steps (:func:`rnnscan.diagnostics.leak_timescale`).
 
     τ is parametrised as τ_min + softplus(ρ) with ρ = ``tau_raw`` the trained parameter, so
-    that τ > τ_min holds for every parameter value (no projection or clipping after an
-    optimiser step) and the gradient in ρ stays smooth. The paper constrains τ >= 1; the
+    that τ >= τ_min holds for every parameter value (no projection or clipping after an
+    optimiser step; τ_min itself is reached only as ρ -> -inf, or in rounding) and the
+    gradient in ρ stays smooth. The paper constrains τ >= 1; the
     softplus map is our choice (document any comparison with it). :attr:`tau` gives τ.
 
     The carry is h and the output is h. :meth:`recurrent_matrix` returns W (n, n)
