@@ -33,6 +33,8 @@ CELLS = {
     # Low-rank recurrent kernels, W_h = U Vᵀ (Lu et al. 2016).
     "gru_rank2": (rn.GRUCell, {"rank": 2}),
     "lstm_rank2": (rn.LSTMCell, {"rank": 2}),
+    # Away from the plain RNN (tau = 1), with unequal time constants.
+    "leaky_rnn": (rn.LeakyRNNCell, {"tau_init": (1.5, 6.0)}),
 }
 # Entries that are a named cell of rnnscan.nn.CELLS with options: entry -> that name.
 OPTION_VARIANTS = {"gru_rank2": "gru", "lstm_rank2": "lstm"}

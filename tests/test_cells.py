@@ -410,6 +410,7 @@ PARAM_COUNTS = {
     # W_h = U Vᵀ: n r + g n r in place of g n² (Lu et al. 2016), r = 2.
     "gru_rank2": lambda n, d, R: 3 * (n * d + n) + n + 4 * n * 2,
     "lstm_rank2": lambda n, d, R: 4 * (n * d + n) + 5 * n * 2,
+    "leaky_rnn": lambda n, d, R: n * d + n**2 + 2 * n,  # + one trained tau per neuron
 }
 
 

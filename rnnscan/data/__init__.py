@@ -11,6 +11,10 @@ Loaders
     worm recordings for offline tests, read from the shared data directory, never
     bundled) and :func:`make_synthetic` (a long-memory marker task generated on
     the fly).
+Memory tasks
+    :func:`make_parity` / :func:`make_dms` (binary N-parity and
+    N-delayed-match-to-sample streams with per-step targets, one or several N)
+    and :func:`make_timescale_series` (their one-label-per-series form).
 Splits
     :func:`random_split` (the 70 / 15 / 15 protocol of Neural RDE, LEM and DEER:
     181 / 39 / 39 for EigenWorms), :func:`stratified_split`,
@@ -60,6 +64,14 @@ from ._splits import stratified_split as stratified_split
 from ._standardize import Standardizer as Standardizer
 from ._synthetic import make_synthetic as make_synthetic
 from ._synthetic import make_synthetic_series as make_synthetic_series
+from ._timescale_tasks import TIMESCALE_TASKS as TIMESCALE_TASKS
+from ._timescale_tasks import BitStreams as BitStreams
+from ._timescale_tasks import dms_targets as dms_targets
+from ._timescale_tasks import make_dms as make_dms
+from ._timescale_tasks import make_parity as make_parity
+from ._timescale_tasks import make_timescale_series as make_timescale_series
+from ._timescale_tasks import make_timescale_task as make_timescale_task
+from ._timescale_tasks import parity_targets as parity_targets
 from ._uea import load_eigenworms as load_eigenworms
 from ._uea import load_uea as load_uea
 from ._uea import make_split as make_split
@@ -71,8 +83,10 @@ __all__ = [
     "DATA_DIR_ENV",
     "DEFAULT_FRACTIONS",
     "MISSING_POLICIES",
+    "TIMESCALE_TASKS",
     "EIGENWORMS_ARCHIVE",
     "WORM_SAMPLE_ENV",
+    "BitStreams",
     "ChecksumError",
     "DataFormatError",
     "Dataset",
@@ -81,16 +95,22 @@ __all__ = [
     "RemoteArchive",
     "Split",
     "Standardizer",
+    "dms_targets",
     "download_file",
     "fetch_problem",
     "fill_missing",
     "load_eigenworms",
     "load_uea",
     "load_worm_sample",
+    "make_dms",
+    "make_parity",
     "make_split",
     "make_synthetic",
     "make_synthetic_series",
+    "make_timescale_series",
+    "make_timescale_task",
     "official_split",
+    "parity_targets",
     "prepare",
     "random_split",
     "read_uea",

@@ -26,6 +26,7 @@ DANNCell           dense                                       Newton
 CfCCell            dense                                       Newton
 TimeWarpLSTMCell   dense                                       Newton
 TimeWarpGRUCell    dense                                       Newton
+LeakyRNNCell       dense                                       Newton
 =================  ==========================================  =======================
 """
 
@@ -51,6 +52,7 @@ from ._layers import RNN as RNN
 from ._layers import Bidirectional as Bidirectional
 from ._layers import SolverStats as SolverStats
 from ._layers import resolve_method as resolve_method
+from ._leaky import LeakyRNNCell as LeakyRNNCell
 from ._linear_gated import LRUCell as LRUCell
 from ._linear_gated import MinGRUCell as MinGRUCell
 from ._linear_gated import MinLSTMCell as MinLSTMCell

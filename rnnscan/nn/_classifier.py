@@ -20,6 +20,7 @@ from ._dale import ColEICell, DANNCell
 from ._diagonal import DiagGRUCell, DiagLSTMCell
 from ._gru import GRUCell
 from ._layers import RNN, SolverStats
+from ._leaky import LeakyRNNCell
 from ._linear_gated import LRUCell, MinGRUCell, MinLSTMCell, RGLRUCell
 from ._lstm import LSTMCell
 from ._second_order import CPRNNCell, MIRNNCell, SecondOrderCell
@@ -46,6 +47,7 @@ CELLS: dict[str, type[nnx.RNNCellBase]] = {
     "dann": DANNCell,
     "time_warp_lstm": TimeWarpLSTMCell,
     "time_warp_gru": TimeWarpGRUCell,
+    "leaky_rnn": LeakyRNNCell,
 }
 """The cells :class:`SequenceClassifier` knows by name."""
 

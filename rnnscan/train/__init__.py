@@ -18,6 +18,10 @@ Configs are YAML files of :class:`TrainConfig` sections (``data``, ``model``,
 ``optim``, ``train``, ``checkpoint``); any key can be overridden
 (``load_config(path, ["optim.lr=3e-4", "model.method=sequential"])``, or on the
 command line ``--set optim.lr=3e-4`` / ``--optim.lr=3e-4``).
+
+:func:`train_curriculum` (``python -m rnnscan.train.curriculum``) trains a leaky RNN with
+trained time constants on N-parity / N-DMS with a growing N, single- or multi-head
+(Khajehabdollahi et al., ICLR 2024), and records its timescales at every N.
 """
 
 from ._compilation_cache import use_compilation_cache as use_compilation_cache
@@ -30,6 +34,11 @@ from ._config import OptimConfig as OptimConfig
 from ._config import TrainConfig as TrainConfig
 from ._config import apply_overrides as apply_overrides
 from ._config import load_config as load_config
+from ._curriculum import CURRICULA as CURRICULA
+from ._curriculum import CurriculumConfig as CurriculumConfig
+from ._curriculum import CurriculumResult as CurriculumResult
+from ._curriculum import TimescaleModel as TimescaleModel
+from ._curriculum import train_curriculum as train_curriculum
 from ._data import cv_split as cv_split
 from ._data import epoch_order as epoch_order
 from ._data import load_dataset as load_dataset
@@ -50,9 +59,12 @@ from ._warmup import vaa as vaa
 from ._warmup import warmup as warmup
 
 __all__ = [
+    "CURRICULA",
     "CheckpointConfig",
     "ConfigError",
     "CrossValidationResult",
+    "CurriculumConfig",
+    "CurriculumResult",
     "DataConfig",
     "Decision",
     "LoopConfig",
@@ -60,6 +72,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "TimescaleModel",
     "TrainResult",
     "WarmupResult",
     "apply_overrides",
@@ -75,6 +88,7 @@ __all__ = [
     "soft_vaa",
     "stratified_folds",
     "train",
+    "train_curriculum",
     "vaa",
     "warmup",
 ]

@@ -65,7 +65,9 @@ class DataConfig:
         source: ``"worm_sample"`` (43 real worm recordings from the shared data
             directory), ``"eigenworms"`` (UEA EigenWorms; downloaded if absent and
             ``download``), ``"uea:<Name>"`` (any UEA/UCR problem as ``.ts`` files in
-            ``data_dir``) or ``"synthetic"`` (the long-memory marker task).
+            ``data_dir``), ``"synthetic"`` (the long-memory marker task), or ``"parity"`` /
+            ``"dms"`` (N-parity / N-delayed match-to-sample: label = the target at the
+            last step, :func:`rnnscan.data.make_timescale_series`).
         data_dir: directory of the ``.ts`` files (UEA, EigenWorms) or the worm sample
             file / its directory; ``None``: the loaders' defaults and environment
             variables (``RNNSCAN_DATA_DIR``, ``RNNSCAN_WORM_SAMPLE``).
@@ -88,7 +90,9 @@ class DataConfig:
         cv_fold: the fold of this run; ``None`` with ``cv_folds > 1`` runs every fold
             (:func:`rnnscan.train.cross_validate`).
         synthetic: keyword arguments of :func:`rnnscan.data.make_synthetic_series`
-            (``num_series``, ``seq_len``, ``num_channels``, ``num_classes``, ...).
+            (``num_series``, ``seq_len``, ``num_channels``, ``num_classes``, ...), or for
+            ``parity`` / ``dms`` of :func:`rnnscan.data.make_timescale_series`
+            (``num_series``, ``seq_len``, ``n``).
         missing: missing values (``?`` in a ``.ts`` file): ``"error"`` (refuse them,
             naming the file), ``"zero"`` (0 after standardisation: the channel mean)
             or ``"ffill"`` (carry the last observation forward, backfill the start).
@@ -307,11 +311,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Check values that types alone do not catch; raise :class:`ConfigError`."""
         d, m, o, t, c = self.data, self.model, self.optim, self.train, self.checkpoint
-        source_ok = d.source in ("worm_sample", "eigenworms", "synthetic") or (
+        source_ok = d.source in ("worm_sample", "eigenworms", "synthetic", "parity", "dms") or (
             d.source.startswith("uea:") and len(d.source) > 4
         )
         _check(
-            source_ok, "data.source", "worm_sample, eigenworms, uea:<Name> or synthetic", d.source
+            source_ok,
+            "data.source",
+            "worm_sample, eigenworms, uea:<Name>, synthetic, parity or dms",
+            d.source,
         )
         _check(d.split in SPLITS, "data.split", " | ".join(SPLITS), d.split)
         _check(
@@ -335,9 +342,12 @@ class TrainConfig:
             _check(d.cv_folds > 2, "data.cv_fold", "null unless data.cv_folds >= 3", d.cv_fold)
             _check(0 <= d.cv_fold < d.cv_folds, "data.cv_fold", "in 0 .. cv_folds-1", d.cv_fold)
         if d.synthetic:
-            from rnnscan.data import make_synthetic_series
+            from rnnscan.data import make_synthetic_series, make_timescale_series
 
-            known = set(inspect.signature(make_synthetic_series).parameters) - {"seed"}
+            generator = (
+                make_timescale_series if d.source in ("parity", "dms") else make_synthetic_series
+            )
+            known = set(inspect.signature(generator).parameters) - {"seed", "task"}
             for key in d.synthetic:
                 if key not in known:
                     raise ConfigError(_unknown_message(f"data.synthetic.{key}", key, known))

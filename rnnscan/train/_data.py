@@ -24,6 +24,7 @@ from rnnscan.data import (
     load_uea,
     load_worm_sample,
     make_synthetic_series,
+    make_timescale_series,
     prepare,
     random_split,
     read_uea,
@@ -87,6 +88,8 @@ def _load_series(config: DataConfig) -> LabelledSeries:
         return load_worm_sample(config.data_dir)
     if source == "synthetic":
         return make_synthetic_series(**config.synthetic, seed=config.split_seed)
+    if source in ("parity", "dms"):
+        return make_timescale_series(source, **config.synthetic, seed=config.split_seed)
     missing = config.missing
     if source == "eigenworms":  # download if needed, then read like any UEA problem
         fetch_problem(EIGENWORMS_ARCHIVE, config.data_dir, config.cache_dir, config.download)
