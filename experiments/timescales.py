@@ -5,7 +5,7 @@
 
 A small-scale check of the findings of Khajehabdollahi, Zeraati, Giannakakis, Schäfer, Martius
 & Levina, "Emergent mechanisms for long timescales depend on training curriculum and affect
-performance in memory tasks" (ICLR 2024, arXiv:2309.12927): leaky ReLU RNNs whose per-neuron
+performance in memory tasks" (arXiv:2309.12927, 2023): leaky ReLU RNNs whose per-neuron
 time constants τ are trained with the weights (:class:`rnnscan.nn.LeakyRNNCell`), N growing by
 one whenever the current objective is learned (:func:`rnnscan.train.train_curriculum`):
 

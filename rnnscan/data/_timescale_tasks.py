@@ -1,7 +1,7 @@
 """Binary memory tasks whose memory requirement is one integer N: N-parity and N-DMS.
 
 The tasks of Khajehabdollahi et al., "Emergent mechanisms for long timescales depend on
-training curriculum and affect performance in memory tasks" (ICLR 2024, arXiv:2309.12927).
+training curriculum and affect performance in memory tasks" (arXiv:2309.12927, 2023).
 The input is a stream of i.i.d. fair bits x_t in {0, 1}; at every step t the target is
 
 * N-parity: the parity (XOR) of the last N bits, y_t = x_{t-N+1} ⊕ ... ⊕ x_t, defined from

@@ -1,7 +1,7 @@
 """Timescales of recurrent units: from the leak of a leaky unit, and from its activity.
 
 Khajehabdollahi et al., "Emergent mechanisms for long timescales depend on training curriculum
-and affect performance in memory tasks" (ICLR 2024, arXiv:2309.12927) separate two sources of
+and affect performance in memory tasks" (arXiv:2309.12927, 2023) separate two sources of
 a unit's memory: its single-neuron time constant τ (a parameter of a leaky unit, see
 :class:`rnnscan.nn.LeakyRNNCell`) and the network-mediated timescale τ_net, the decay time of
 the autocorrelation of the unit's activity inside the running network, which the recurrent

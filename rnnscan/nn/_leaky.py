@@ -2,7 +2,7 @@
 
 Khajehabdollahi, Zeraati, Giannakakis, Schäfer, Martius & Levina, "Emergent mechanisms for
 long timescales depend on training curriculum and affect performance in memory tasks"
-(ICLR 2024, arXiv:2309.12927) train such networks on N-parity and N-delayed-match-to-sample
+(arXiv:2309.12927, 2023) train such networks on N-parity and N-delayed-match-to-sample
 tasks and ask whether long memory comes from the single-neuron time constants τ or from the
 recurrent interactions (network-mediated timescales); :mod:`rnnscan.diagnostics` estimates the
 latter from the activity (:func:`rnnscan.diagnostics.network_timescales`).

@@ -2,7 +2,7 @@
 
 After Khajehabdollahi, Zeraati, Giannakakis, Schäfer, Martius & Levina, "Emergent mechanisms
 for long timescales depend on training curriculum and affect performance in memory tasks"
-(ICLR 2024, arXiv:2309.12927). A :class:`rnnscan.nn.LeakyRNNCell` reads a stream of random
+(arXiv:2309.12927, 2023). A :class:`rnnscan.nn.LeakyRNNCell` reads a stream of random
 bits and linear read-out heads answer at every step; N starts at ``n_start`` and grows by one
 whenever the network has learned the current objective:
 
