@@ -225,11 +225,18 @@ def probe(
     base = [np.asarray(leaf) if concrete else np.zeros(leaf.shape, leaf.dtype) for leaf in leaves]
     dtype = jnp.dtype(jnp.result_type(*[leaf.dtype for leaf in leaves]))
     context = contextlib.nullcontext() if concrete else jax.ensure_compile_time_eval()
-    with context:
-        points, weights = _random_points(base, size, x_example, k, dtype)
-        count, owner, foreign, bad = _probe_jit(step, treedef, points, size, weights, k, m)
-        count, owner = np.asarray(count), np.asarray(owner)
-        foreign, bad = int(foreign), bool(bad)
+    try:
+        with context:
+            points, weights = _random_points(base, size, x_example, k, dtype)
+            count, owner, foreign, bad = _probe_jit(step, treedef, points, size, weights, k, m)
+            count, owner = np.asarray(count), np.asarray(owner)
+            foreign, bad = int(foreign), bool(bad)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as err:
+        raise ValueError(
+            f"rnnscan.rtrl: probing {name}'s parameter structure needs the values of its "
+            f"non-parameter variables, which are traced here: call rtrl.init (or "
+            f"sequence_gradient) once outside jax.jit first, whose probe is then reused"
+        ) from err
     if bad:
         raise FloatingPointError(
             f"rnnscan.rtrl: probing {name}'s parameter structure at random points gave "

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
@@ -76,10 +77,20 @@ def prepare(cell, carry, x_example, dense: bool, caller: str, *, batched_input: 
             lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)), x_example
         )
     x_zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), x_sample)
-    graphdef = nnx.graphdef(cell)
+    graphdef, rest = nnx.split(cell, nnx.Param, ...)[0::2]
     leaves = jax.tree_util.tree_leaves(fc.params)
+    # Other variables (masks, constants) may decide which entries move which units: their
+    # values join the key when known.
+    rest_leaves = jax.tree_util.tree_leaves(rest)
+    rest_key = tuple(
+        (jnp.shape(leaf), str(jnp.result_type(leaf)))
+        if isinstance(leaf, jax.core.Tracer)
+        else (jnp.shape(leaf), np.asarray(leaf).tobytes())
+        for leaf in rest_leaves
+    )
     key = (
         graphdef,
+        rest_key,
         tuple((leaf.shape, jnp.result_type(leaf)) for leaf in leaves),
         fc.size,
         jnp.dtype(fc.dtype),

@@ -15,6 +15,7 @@ independent of T; the sequential depth is T / W chunks instead of T steps.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from ._online import batched_advance, output_vjp, prepare
 def _check_chunk(chunk) -> None:
     if chunk is None:
         return
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
         raise ValueError(f"sequence_gradient: chunk must be a positive int or None, got {chunk!r}")
 
 
@@ -78,7 +79,9 @@ def sequence_gradient(
     leaves = jax.tree_util.tree_leaves(xs)
     if not leaves:
         raise ValueError("sequence_gradient: xs has no array leaves")
-    T = int(jnp.shape(leaves[0])[0])
+    T = int(jnp.shape(leaves[0])[0]) if jnp.ndim(leaves[0]) else 0
+    if T == 0:
+        raise ValueError("sequence_gradient: xs needs a leading time axis of at least one step")
     x0 = jax.tree_util.tree_map(lambda leaf: leaf[0], xs)
     fc, plan = prepare(cell, carry, x0, dense, "rtrl.sequence_gradient")
     batch_ndim = len(fc.batch_shape)
@@ -108,7 +111,7 @@ def sequence_gradient(
 
         state, _ = jax.lax.scan(one_step, state, (jnp.arange(T), xs))
     else:
-        state = _chunked(fc, plan, state, xs, T, min(chunk, max(T, 1)), loss_fn, add)
+        state = _chunked(fc, plan, state, xs, T, min(int(chunk), T), loss_fn, add)
     _, _, acc, direct, value = state
     through = plan.expand(acc, fc.params)
     grads = jax.tree_util.tree_map(jnp.add, direct, through)
