@@ -3,6 +3,7 @@
 from . import diagnostics as diagnostics
 from . import nn as nn
 from . import ode as ode
+from . import rtrl as rtrl
 from ._methods import ELK as ELK
 from ._methods import METHOD_NAMES as METHOD_NAMES
 from ._methods import FixedPoint as FixedPoint

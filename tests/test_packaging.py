@@ -25,7 +25,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 CONSTRAINTS = REPO / ".ci" / "oldest-constraints.txt"
 # Extras whose dependencies `make test-oldest` installs at their lower bounds.
 TESTED_EXTRAS = ("data", "plot", "train", "test", "ode")
-PUBLIC_MODULES = ("rnnscan", "rnnscan.nn", "rnnscan.train", "rnnscan.data")
+PUBLIC_MODULES = ("rnnscan", "rnnscan.nn", "rnnscan.rtrl", "rnnscan.train", "rnnscan.data")
 OPTIONAL_MODULES = ("rnnscan.diagnostics", "rnnscan.ode")
 
 
