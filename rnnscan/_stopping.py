@@ -63,9 +63,11 @@ class Progress(NamedTuple):
     prefix: jnp.ndarray  # the length of the converged prefix after the last iteration
 
 
-def start(dtype) -> Progress:
+def start(dtype, initial=None) -> Progress:
+    """The rules' memory before the first iteration; ``initial``: the measure at the first
+    guess, if the method has one (then the first iterations must improve on it)."""
     return Progress(
-        best=jnp.array(jnp.inf, dtype),
+        best=jnp.array(jnp.inf if initial is None else initial, dtype),
         since_best=jnp.array(0, jnp.int32),
         huge_run=jnp.array(0, jnp.int32),
         prefix=jnp.array(0, jnp.int32),

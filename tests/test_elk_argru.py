@@ -35,17 +35,27 @@ def test_step_in_float64_stays_near_the_float32_reference():
     tree_allclose(np.asarray(states), problem.states[:200], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["elk", "quasi_elk"])
-def test_elk_converges_on_the_argru(method):
-    """Seed 1, T = 9,999, float32, the defaults: converged with no fallback, values equal to
-    lax.scan to float32 tolerance. (ELK's own code needs 156 iterations to a mean error of 1e-2.)"""
-    if method == "quasi_elk":
-        pytest.xfail("quasi-ELK's fidelity-driven damping does not converge here yet (issue 29)")
+@pytest.mark.parametrize(
+    "method, budget",
+    [
+        ("elk", 156),
+        # The paper's quasi-ELK: fixed damping 0.01 (ELK's sigmasq = 1e2) for thousands of
+        # iterations (its prefix grows ~6 steps an iteration, too slowly for the give-up
+        # rules' budget). ELK's own code reaches a mean error of 1e-2 after 1,394; the
+        # adaptive default gives up and falls back on this problem.
+        (rnnscan.QuasiELK(damping=0.01, adaptive=False, give_up=False, max_steps=3000), 1700),
+    ],
+    ids=["elk", "quasi_elk_paper"],
+)
+def test_elk_converges_on_the_argru(method, budget):
+    """Seed 1, T = 9,999, float32: converged with no fallback, values equal to lax.scan to
+    float32 tolerance, within ``budget`` iterations (ELK: the 156 ELK's own code needs to a
+    mean error of 1e-2; quasi-ELK: 1,600 measured to our tolerance, 1,440 to 1e-2)."""
     model, problem = elk_argru.load(1)
     f = elk_argru.scan_step(model)
     sol = jax.jit(lambda s0, us: rnnscan.solve(f, s0, us, method=method, on_failure="raise"))(
         problem.init, problem.drivers
     )
-    assert sol.converged and not sol.fell_back and int(sol.iterations) <= 156
+    assert sol.converged and not sol.fell_back and int(sol.iterations) <= budget
     reference = jax.lax.scan(f, problem.init, problem.drivers)[1]
     tree_allclose(sol.ys, reference, rtol=1e-4, atol=1e-3)

@@ -68,6 +68,9 @@ def _values_and_gradients(f, method, params, init, xs, on_failure="fallback"):
         ("newton", 8),
         ("quasi_newton", 20),
         ("fixed_point", 20),
+        # The damped methods' merit must halve from the first guess's (issue 29: within 8).
+        ("elk", 8),
+        ("quasi_elk", 8),
     ],
 )
 @pytest.mark.parametrize("gain", [2.5, 3.0])

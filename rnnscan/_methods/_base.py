@@ -10,6 +10,7 @@ protocol of an iterative method::
     state, report = method.step(problem, state, k)    # iteration k (0-based)
     c = method.carries(problem, state)
     method.input_nonfinite(problem, state)            # checked when the solve failed
+    method.initial_measure(state)                     # the first guess's measure, or None
 
 A :class:`Report` says what one iteration achieved; ``progress_factor`` and ``give_up`` tune
 the give-up rules; ``exact`` methods (sequential) are not iterated at all.
@@ -80,6 +81,12 @@ class Method:
         ``structure``: the Jacobian structure the step function declares, used when the
         method was given none)."""
         return self
+
+    def initial_measure(self, state) -> Any:
+        """The give-up rules' measure at the first guess (``init``'s state), the bar the
+        first iterations must improve on; None where there is none (an update's size exists
+        only after an update)."""
+        return None
 
     def on_split_time(self, structure: Structure) -> "Method":
         """The method to use when time is split across devices (``structure``: the step

@@ -4,6 +4,7 @@ Reference loop::
 
     c = problem.first_guess(guess)
     state, nonfinite = method.init(problem, c)
+    progress = give-up rules' memory, from method.initial_measure(state) (damped methods)
     for k in range(method.max_steps):
         if nonfinite: break
         state, report = method.step(problem, state, k)
@@ -91,7 +92,7 @@ def iterate(method: Method, problem, guess):
     initial = _Loop(
         k=jnp.array(0, jnp.int32),
         state=state,
-        progress=start(dtype),
+        progress=start(dtype, method.initial_measure(state)),
         residual=jnp.array(jnp.inf, dtype),
         result=jnp.where(nonfinite, RESULTS.nonfinite, RESULTS.max_steps_reached).astype(jnp.int32),
         done=nonfinite,
