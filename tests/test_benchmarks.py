@@ -145,9 +145,9 @@ def test_unstable_systems_report_regenerates_the_committed_table(tmp_path):
     results = Path(__file__).resolve().parent.parent / "results"
     records = [
         json.loads(line)
-        for line in (results / "unstable-systems-cpu-2026-12-01.jsonl").read_text().splitlines()
+        for line in (results / "unstable-systems-cpu-2026-12-03.jsonl").read_text().splitlines()
     ]
-    committed = (results / "unstable-systems-cpu-2026-12-01.md").read_text()
+    committed = (results / "unstable-systems-cpu-2026-12-03.md").read_text()
     assert "## Unstable, not chaotic\n\n" + unstable_systems.report(records) == committed
     unstable_systems.plot(records, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 1000
