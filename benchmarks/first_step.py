@@ -1,0 +1,65 @@
+"""Time to the first training step, with an empty and then a warm compilation cache.
+
+``python -m benchmarks.first_step --config configs/train/worm_sample_small.yaml [--runs 2]``
+
+Launches ``python -m rnnscan.train --config CONFIG --set train.max_steps=1`` ``--runs`` times
+against one fresh persistent-cache directory (the first run fills it, the others read it)
+and reports, per run, the seconds from launching the process until its first training
+record is in ``metrics.jsonl`` (imports, data, tracing, compiling or loading, and the step
+itself), that step's own ``step_time_s``, and the whole command. Everything lives in a
+temporary directory, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def first_step(config: str, cache: Path, out: Path) -> dict:
+    """One training run of one step: the seconds until its first step was written."""
+    command = [sys.executable, "-m", "rnnscan.train", "--config", config]
+    command += ["--set", "train.max_steps=1", "--compilation-cache", str(cache)]
+    command += ["--out-dir", str(out)]
+    metrics = out / "metrics.jsonl"
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    written = None
+    while process.poll() is None:
+        if written is None and metrics.exists() and '"kind": "train"' in metrics.read_text():
+            written = time.perf_counter() - start
+        time.sleep(0.05)
+    total = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"error: the training run failed:\n{process.stderr.read().decode()}")
+    record = next(
+        json.loads(line) for line in metrics.read_text().splitlines() if '"kind": "train"' in line
+    )
+    return {"first_step_written_s": written, "step_time_s": record["step_time_s"], "total_s": total}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.first_step", description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        for run in range(1, args.runs + 1):
+            result = first_step(args.config, cache, Path(tmp) / f"run{run}")
+            state = "empty cache" if run == 1 else "warm cache"
+            print(
+                f"run {run} ({state}): first step written after "
+                f"{result['first_step_written_s']:.1f} s (its step_time_s "
+                f"{result['step_time_s']:.1f} s); whole command {result['total_s']:.1f} s",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
