@@ -421,3 +421,25 @@ def test_worm_sample_smoke(tmp_path):
     assert data["sizes"] == {"train": 31, "val": 6, "test": 6}
     assert data["seq_len"] == 64 and data["classes"][0] == "N2"
     assert result.summary["test"]["count"] == 6
+
+
+def test_compilation_cache_points_jax_at_the_directory_or_stays_off(tmp_path):
+    """The CLI's default: JAX's persistent cache in the chosen directory, storing every
+    program; "off" leaves JAX's settings alone."""
+    from rnnscan.train import use_compilation_cache
+
+    before = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    try:
+        path = use_compilation_cache(tmp_path / "cache")
+        assert path == tmp_path / "cache" and path.is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(path)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        assert use_compilation_cache("off") is None
+        assert jax.config.jax_compilation_cache_dir == before[0]
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
