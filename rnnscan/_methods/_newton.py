@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from ._base import Report
+from ._base import DENSE, Report
 from ._iterative import _COMMON_OPTIONS, Iterative
 
 
@@ -86,6 +86,16 @@ class Newton(_Undamped):
     name: ClassVar[str] = "newton"
 
     carry_linear: bool = False
+
+    def resolved(self, dtype, length, exact_prefix=True, structure=DENSE):
+        method = self
+        if self.carry_linear and self.linear_recurrence == "auto":
+            # One scan and no loop: on CPUs the associative scan runs it faster than the
+            # chunked passes that "auto" picks for element-wise Jacobians, which pay inside
+            # Newton's loop (2-core CPU, n = 32: MinGRU T = 10k 3.1 against 3.4 ms, 100k 62
+            # against 81 ms; DiagGRU's Newton solve 26 against 18 ms at 10k).
+            method = dataclasses.replace(self, linear_recurrence="associative")
+        return super(Newton, method).resolved(dtype, length, exact_prefix, structure)
 
     def step(self, problem, c, k):
         if not self.carry_linear:
