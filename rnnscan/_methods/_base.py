@@ -72,6 +72,8 @@ class Method:
     name: ClassVar[str | None] = None
     # Whether the method computes the carries exactly, one step after another (no iteration).
     exact: ClassVar[bool] = False
+    # Whether one iteration is exact by construction (no loop is built around it).
+    single_step: ClassVar[bool] = False
 
     def resolved(
         self, dtype, length: int, exact_prefix: bool = True, structure: Structure = DENSE

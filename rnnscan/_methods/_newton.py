@@ -87,6 +87,10 @@ class Newton(_Undamped):
 
     carry_linear: bool = False
 
+    @property
+    def single_step(self) -> bool:
+        return self.carry_linear
+
     def resolved(self, dtype, length, exact_prefix=True, structure=DENSE):
         method = self
         if self.carry_linear and self.linear_recurrence == "auto":
