@@ -4,6 +4,7 @@ Reference loop::
 
     c = problem.first_guess(guess)
     state, nonfinite = method.init(problem, c)
+    if method.single_step: one step, no loop around it (the same result codes)
     progress = give-up rules' memory, from method.initial_measure(state) (damped methods)
     for k in range(method.max_steps):
         if nonfinite: break
