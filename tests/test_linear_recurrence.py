@@ -86,6 +86,27 @@ def test_auto_is_chunked_for_elementwise_jacobians_on_cpus():
         resolve_backend("fast")
 
 
+def test_a_carry_linear_solve_is_one_associative_scan_without_a_loop():
+    """Newton on an affine recurrence takes one step: no while loop around it and, on
+    "auto", the associative scan (faster than the chunked passes for a single scan), with
+    the exact result of lax.scan."""
+    import rnnscan
+
+    def step(h, x):
+        h = 0.9 * h + x
+        return h, h
+
+    xs = jax.random.normal(jax.random.PRNGKey(0), (300, 3))
+    method = rnnscan.Newton(jacobian=Diagonal(), carry_linear=True)
+    run = lambda xs: rnnscan.solve(step, jnp.zeros(3), xs, method=method)
+    assert "while[" not in str(jax.make_jaxpr(run)(xs))  # at any depth of the program
+    sol = jax.jit(run)(xs)
+    assert int(sol.iterations) == 1 and sol.ok and not sol.fell_back
+    tree_allclose(sol.ys, jax.lax.scan(step, jnp.zeros(3), xs)[1], rtol=1e-10, atol=1e-10)
+    resolved = method.resolved(jnp.float64, 300, structure=Diagonal())
+    assert resolved.linear_recurrence == "associative"
+
+
 @pytest.mark.parametrize("T", [1, 2, 3, 17, 50])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_chunked_associative_scan_matches_jax(T, reverse):
