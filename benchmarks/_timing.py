@@ -102,3 +102,16 @@ def measure(
         _, seconds = timed_call(compiled, *args)
         timing.times_s.append(seconds)
     return timing
+
+
+def interleaved_times(programs: dict[str, Callable], args, repeats: int) -> dict[str, list[float]]:
+    """All wall times of each program over ``repeats`` rounds, the programs called in turn in
+    each round, so that a drift in the machine's load (large on a shared 2-core CPU) hits
+    every program alike. Warm the programs up first (the first call compiles)."""
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    for _ in range(repeats):
+        for name, fn in programs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return times

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +20,7 @@ from flax import nnx
 
 import rnnscan
 
-
-def _median_times(programs, xs, repeats):
-    """Median wall time of each program; calls are interleaved round by round, so that drifts
-    in machine load (large on a shared 2-core CPU) hit every program alike."""
-    for fn in programs.values():
-        jax.block_until_ready(fn(xs))
-    times = {name: [] for name in programs}
-    for _ in range(repeats):
-        for name, fn in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(xs))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+from ._timing import interleaved_times
 
 
 def main(argv=None) -> None:
@@ -58,7 +45,10 @@ def main(argv=None) -> None:
         ),
         "newton, on_failure='fallback'": batched(lambda x: rnnscan.scan(cell, h0, x)),
     }
-    medians = _median_times(programs, xs, args.repeats)
+    for fn in programs.values():
+        jax.block_until_ready(fn(xs))
+    times = interleaved_times(programs, (xs,), args.repeats)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
     device = jax.devices()[0]
     print(
         json.dumps(

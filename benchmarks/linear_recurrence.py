@@ -31,6 +31,7 @@ from rnnscan._linear_recurrence import linear_recurrence
 
 from . import provenance as _provenance
 from . import settings
+from ._timing import interleaved_times
 
 DEFAULTS = {
     "name": "linear_recurrence",
@@ -61,12 +62,7 @@ def _case(T: int, n: int, batch: int, dtype, backends, repeats: int) -> dict:
         start = time.perf_counter()
         outputs[name] = jax.block_until_ready(fn(a, b))
         compile_s[name] = time.perf_counter() - start
-    times = {name: [] for name in programs}
-    for _ in range(repeats):
-        for name, fn in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(a, b))
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times(programs, (a, b), repeats)
     reference = outputs[backends[0]]
     scale = float(jnp.max(jnp.abs(reference)))
     ideal_bytes = 3 * batch * T * n * jnp.dtype(dtype).itemsize

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,18 +22,7 @@ from flax import nnx
 
 import rnnscan
 
-
-def _times(programs, xs, repeats):
-    """All wall times of each program after one warm-up call, interleaved round by round."""
-    for fn in programs.values():
-        jax.block_until_ready(fn(xs))
-    times = {name: [] for name in programs}
-    for _ in range(repeats):
-        for name, fn in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(xs))
-            times[name].append(time.perf_counter() - start)
-    return times
+from ._timing import interleaved_times
 
 
 def _count(cell) -> int:
@@ -65,7 +53,9 @@ def main(argv=None) -> None:
         programs[f"{name}, lax.scan"] = jax.jit(lambda x, c=cell: jax.lax.scan(c, h0, x)[1])
         sol = jax.jit(lambda x, c=cell: rnnscan.solve(c, h0, x))(xs)
         iterations[name] = int(sol.iterations)
-    times = _times(programs, xs, args.repeats)
+    for fn in programs.values():
+        jax.block_until_ready(fn(xs))
+    times = interleaved_times(programs, (xs,), args.repeats)
 
     record = {
         "shapes": {"hidden": n, "inputs": d, "rank": args.rank, "length": args.length},
