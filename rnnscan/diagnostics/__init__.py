@@ -2,7 +2,7 @@
 trajectory, and a calibrated prediction of the iterations a parallel solve will need.
 Also the normalised SVD entropy of a matrix (:func:`svd_entropy`), which predicts how well
 Dale's-law recurrent networks learn (Li et al., NeurIPS 2023). And the timescales of
-recurrent units (Khajehabdollahi et al., ICLR 2024): fitted from the autocorrelation of their
+recurrent units (Khajehabdollahi et al., arXiv:2309.12927): fitted from the autocorrelation of their
 activity (:func:`network_timescales`), or from a leaky unit's time constant
 (:func:`leak_timescale`).
 """

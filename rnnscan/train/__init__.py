@@ -21,7 +21,7 @@ command line ``--set optim.lr=3e-4`` / ``--optim.lr=3e-4``).
 
 :func:`train_curriculum` (``python -m rnnscan.train.curriculum``) trains a leaky RNN with
 trained time constants on N-parity / N-DMS with a growing N, single- or multi-head
-(Khajehabdollahi et al., ICLR 2024), and records its timescales at every N.
+(Khajehabdollahi et al., arXiv:2309.12927), and records its timescales at every N.
 """
 
 from ._compilation_cache import use_compilation_cache as use_compilation_cache

@@ -5,7 +5,7 @@
 
 Trains a leaky RNN with trained time constants on N-parity or N-DMS with the single- or
 multi-head curriculum (:func:`rnnscan.train.train_curriculum`, after Khajehabdollahi et al.,
-ICLR 2024), prints one line per learned N (steps, mean τ, mean network timescale τ_net) and the
+arXiv:2309.12927), prints one line per learned N (steps, mean τ, mean network timescale τ_net) and the
 final network's accuracy on every learned N, and writes everything but the model to ``--out``
 as JSON. Config keys are the fields of :class:`rnnscan.train.CurriculumConfig`; a bad key or
 value ends with one ``error:`` line and exit status 2.
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rnnscan.train.curriculum",
         description="Single- / multi-head curricula of N-parity or N-DMS on a leaky RNN "
-        "with trained time constants (Khajehabdollahi et al., ICLR 2024).",
+        "with trained time constants (Khajehabdollahi et al., arXiv:2309.12927).",
     )
     parser.add_argument("--config", type=Path, help="YAML of CurriculumConfig keys")
     parser.add_argument(
