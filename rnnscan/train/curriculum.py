@@ -4,11 +4,12 @@
 [--set curriculum=multi] [--set task=dms] [--out RESULT.json]``
 
 Trains a leaky RNN with trained time constants on N-parity or N-DMS with the single- or
-multi-head curriculum (:func:`rnnscan.train.train_curriculum`, after Khajehabdollahi et al.,
-arXiv:2309.12927), prints one line per learned N (steps, mean τ, mean network timescale τ_net) and the
-final network's accuracy on every learned N, and writes everything but the model to ``--out``
-as JSON. Config keys are the fields of :class:`rnnscan.train.CurriculumConfig`; a bad key or
-value ends with one ``error:`` line and exit status 2.
+multi-head curriculum (:func:`rnnscan.train.train_curriculum`, after Khajehabdollahi et
+al., arXiv:2309.12927), prints one line per learned N (steps, mean τ, mean network timescale
+τ_net) and the final network's accuracy on every learned N, and writes everything but the
+model to ``--out`` as JSON. Config keys are the fields of
+:class:`rnnscan.train.CurriculumConfig`; a bad key or value ends with one ``error:`` line and
+exit status 2.
 """
 
 from __future__ import annotations
