@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from flax import nnx
 from tqdm import tqdm
 
@@ -76,9 +77,10 @@ def _program(cell_name, hidden, length, dtype, method, mode):
         if method == "lax.scan":
             return jax.lax.scan(cell, init, xs)[1]
         if method == "deer.seq1d":
-            seq1d = _deer_seq1d()
-            step = lambda h, x, p: nnx.merge(graphdef, p)(h, x)[0]
-            return seq1d(step, init, xs, params).value
+            # seq1d takes one array state: an LSTM's (h, c) pair goes in as one vector.
+            flat_init, unflatten = ravel_pytree(init)
+            step = lambda h, x, p: ravel_pytree(nnx.merge(graphdef, p)(unflatten(h), x)[0])[0]
+            return _deer_seq1d()(step, flat_init, xs, params).value
         return rnnscan.scan(cell, init, xs, method=method)[1]
 
     if mode == "forward":

@@ -34,36 +34,60 @@ from ._structure import Structure
 
 
 def chunk_size(length: int) -> int:
-    """C = ceil(sqrt(T)): balances the 2C steps within chunks against the K = T / C between."""
-    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+    """C ~ sqrt(T), balancing the 2C steps within chunks against the K = T / C between: a
+    divisor of T within a factor 1.5 of sqrt(T) where there is one (no padding to copy),
+    else ceil(sqrt(T))."""
+    root = math.isqrt(max(length - 1, 0)) + 1
+    for distance in range(root // 3 + 1):  # nearest first, the larger one on a tie
+        for candidate in (root + distance, root - distance):
+            if candidate >= 1 and length % candidate == 0 and 3 * candidate >= 2 * root:
+                if 2 * candidate <= 3 * root:
+                    return candidate
+    return max(1, root)
 
 
-def _loop(step, carry, inputs, collect: bool):
-    """``step`` over the leading axis of ``inputs`` from ``carry``, by a ``while_loop``:
-    ``(carry, stacked outputs)`` with ``collect``, else ``(carry, None)``. (Not ``lax.scan``:
-    nothing here is differentiated, and a ``scan`` would read as a sequential fallback.)"""
-    length = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-    one_input = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), inputs)
+def _loop(step, carry, inputs, collect: bool, *, axis: int, start: int = 0):
+    """``step`` over ``inputs``' axis ``axis`` (from index ``start``) from ``carry``, by a
+    ``while_loop``: ``(carry, outputs stacked on that axis)`` with ``collect``, else
+    ``(carry, None)``. The chunks lead and the time within a chunk is axis 1: reading a step
+    of every chunk is a strided slice, which costs far less than transposing the
+    coefficients to put time first (a full copy of A, the largest array here). (Not
+    ``lax.scan``: nothing here is differentiated, and a ``scan`` would read as a sequential
+    fallback.)"""
+    length = jax.tree_util.tree_leaves(inputs)[0].shape[axis]
+    take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis, keepdims=False)
     out = None
     if collect:
-        y = jax.eval_shape(step, carry, one_input)[1]
-        out = jax.tree_util.tree_map(lambda v: jnp.zeros((length,) + v.shape, v.dtype), y)
-    if length == 0:
+        one = lambda a: jax.ShapeDtypeStruct(a.shape[:axis] + a.shape[axis + 1 :], a.dtype)
+        y = jax.eval_shape(step, carry, jax.tree_util.tree_map(one, inputs))[1]
+        stacked = lambda v: jnp.zeros(v.shape[:axis] + (length,) + v.shape[axis:], v.dtype)
+        out = jax.tree_util.tree_map(stacked, y)
+    if length <= start:
         return carry, out
 
     def body(state):
         i, carry, out = state
-        carry, y = step(carry, jax.tree_util.tree_map(lambda a: a[i], inputs))
+        carry, y = step(carry, jax.tree_util.tree_map(lambda a: take(a, i), inputs))
         if collect:
             out = jax.tree_util.tree_map(
-                lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, 0), out, y
+                lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, axis), out, y
             )
         return i + 1, carry, out
 
     _, carry, out = jax.lax.while_loop(
-        lambda state: state[0] < length, body, (jnp.array(0, jnp.int32), carry, out)
+        lambda state: state[0] < length, body, (jnp.array(start, jnp.int32), carry, out)
     )
     return carry, out
+
+
+def _by_chunk(a: jax.Array, K: int, C: int, fill: str) -> jax.Array:
+    """``a`` (T, ...) as (K, C, ...): padded at the end to K C steps (with zeros, or
+    ``fill="last"`` with copies of the last step) where C does not divide T."""
+    extra = K * C - a.shape[0]
+    if extra:
+        tail = jnp.zeros_like(a[:1]) if fill == "zeros" else a[-1:]
+        a = jnp.concatenate([a, jnp.repeat(tail, extra, axis=0)])
+    return a.reshape((K, C) + a.shape[1:])
 
 
 def _forward(A, b, structure: Structure, chunk):
@@ -71,25 +95,23 @@ def _forward(A, b, structure: Structure, chunk):
     T = b.shape[0]
     C = chunk_size(T) if chunk is None else chunk
     K = -(-T // C)
-    # Steps past T change nothing before them: pad with zeros and drop them at the end.
-    pad = lambda a: jnp.concatenate([a, jnp.zeros((K * C - T,) + a.shape[1:], a.dtype)])
-    # Time within a chunk leads, the chunks are the batch of every pass: (C, K, ...).
-    by_chunk = lambda a: jnp.swapaxes(pad(a).reshape((K, C) + a.shape[1:]), 0, 1)
-    A_c, b_c = by_chunk(A), by_chunk(b)
+    # Steps past T change nothing before them: zeros, dropped at the end.
+    A_c, b_c = _by_chunk(A, K, C, "zeros"), _by_chunk(b, K, C, "zeros")  # (K, C, ...)
 
     def from_zero(carry, step):
         x, P = carry
         a, bb = step
         return (structure.matvec(a, x) + bb, structure.compose(a, P)), None
 
-    (ends, transitions), _ = _loop(from_zero, (b_c[0], A_c[0]), (A_c[1:], b_c[1:]), False)
+    first = (b_c[:, 0], A_c[:, 0])
+    (ends, transitions), _ = _loop(from_zero, first, (A_c, b_c), False, axis=1, start=1)
 
     def between(s, chunk_summary):
         P, e = chunk_summary
         s = structure.matvec(P, s) + e
         return s, s
 
-    _, after = _loop(between, jnp.zeros_like(b_c[0, 0]), (transitions, ends), True)
+    _, after = _loop(between, jnp.zeros_like(b_c[0, 0]), (transitions, ends), True, axis=0)
     starts = jnp.concatenate([jnp.zeros_like(after[:1]), after[:-1]])
 
     def from_start(x, step):
@@ -97,8 +119,8 @@ def _forward(A, b, structure: Structure, chunk):
         x = structure.matvec(a, x) + bb
         return x, x
 
-    _, x = _loop(from_start, starts, (A_c, b_c), True)
-    return jnp.swapaxes(x, 0, 1).reshape((K * C,) + b.shape[1:])[:T]
+    _, x = _loop(from_start, starts, (A_c, b_c), True, axis=1)
+    return x.reshape((K * C,) + b.shape[1:])[:T]
 
 
 def chunked_linear_recurrence(A, b, structure: Structure, *, reverse: bool = False, chunk=None):
@@ -144,16 +166,13 @@ def chunked_associative_scan(combine, elements, *, reverse: bool = False, chunk=
     C = chunk_size(T) if chunk is None else chunk
     K = -(-T // C)
     # Padding repeats the last element (finite, harmless): it only follows real steps.
-    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], K * C - T, axis=0)])
-    by_chunk = tree_map(
-        lambda a: jnp.swapaxes(pad(a).reshape((K, C) + a.shape[1:]), 0, 1), elements
-    )
-    first = tree_map(lambda a: a[0], by_chunk)  # (K, ...)
+    by_chunk = tree_map(lambda a: _by_chunk(a, K, C, "last"), elements)  # (K, C, ...)
+    first = tree_map(lambda a: a[:, 0], by_chunk)  # (K, ...)
 
     def fold(total, e):
         return combine(total, e), None
 
-    totals, _ = _loop(fold, first, tree_map(lambda a: a[1:], by_chunk), False)
+    totals, _ = _loop(fold, first, by_chunk, False, axis=1, start=1)
 
     def inclusive(prefix, total):
         one = lambda tree: tree_map(lambda a: a[None], tree)
@@ -163,7 +182,7 @@ def chunked_associative_scan(combine, elements, *, reverse: bool = False, chunk=
     # The prefixes of the totals, then shifted by one: chunk k starts after chunks 0..k-1.
     # (Chunk 0 starts from its own first element; its stand-in prefix is never used.)
     head = tree_map(lambda a: a[0], totals)
-    _, later = _loop(inclusive, head, tree_map(lambda a: a[1:], totals), True)
+    _, later = _loop(inclusive, head, tree_map(lambda a: a[1:], totals), True, axis=0)
     prefixes = tree_map(lambda h, r: jnp.concatenate([h[None], r]), head, later)
     before = tree_map(lambda p: jnp.concatenate([p[:1], p[:-1]]), prefixes)
     starts = combine(before, first)
@@ -176,6 +195,9 @@ def chunked_associative_scan(combine, elements, *, reverse: bool = False, chunk=
         new = combine(prefix, e)
         return new, new
 
-    _, rest = _loop(running, starts, tree_map(lambda a: a[1:], by_chunk), True)
-    out = tree_map(lambda s, r: jnp.concatenate([s[None], r]), starts, rest)  # (C, K, ...)
-    return tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape((K * C,) + a.shape[2:])[:T], out)
+    # Each chunk's prefixes from its start; the first step of every chunk is its start.
+    _, out = _loop(running, starts, by_chunk, True, axis=1, start=1)
+    out = tree_map(
+        lambda o, s: jax.lax.dynamic_update_index_in_dim(o, s, 0, 1), out, starts
+    )  # (K, C, ...)
+    return tree_map(lambda a: a.reshape((K * C,) + a.shape[2:])[:T], out)

@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
+from .._structure import BlockDiagonal, Diagonal
 from ._base import DENSE, Report
 from ._iterative import _COMMON_OPTIONS, Iterative
 
@@ -93,11 +94,12 @@ class Newton(_Undamped):
 
     def resolved(self, dtype, length, exact_prefix=True, structure=DENSE):
         method = self
-        if self.carry_linear and self.linear_recurrence == "auto":
-            # One scan and no loop: on CPUs the associative scan runs it faster than the
-            # chunked passes that "auto" picks for element-wise Jacobians, which pay inside
-            # Newton's loop (2-core CPU, n = 32: MinGRU T = 10k 3.1 against 3.4 ms, 100k 62
-            # against 81 ms; DiagGRU's Newton solve 26 against 18 ms at 10k).
+        elementwise = isinstance(structure, Diagonal | BlockDiagonal)
+        if self.carry_linear and elementwise and self.linear_recurrence == "auto":
+            # One element-wise scan and no loop: on CPUs the associative scan runs it a
+            # little faster than the chunked passes "auto" picks, whose ~3 sqrt(T) loop steps
+            # cost more than their tiny bodies (2-core CPU, MinGRU n = 32: 2.6 against 2.9 ms
+            # at T = 10k, 52 against 58 ms at 100k); dense Jacobians do not pay that.
             method = dataclasses.replace(self, linear_recurrence="associative")
         return super(Newton, method).resolved(dtype, length, exact_prefix, structure)
 
