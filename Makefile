@@ -19,17 +19,19 @@ OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(shell cat pyproject.toml $(OLDEST_CO
 # A fast subset (about 3 min on a busy 2-core machine) that touches every pinned
 # dependency: the solver and its vmap rule, gradients, a Flax NNX model trained with optax
 # (float64 too, and with method: auto), the CLI's training run (with and without
-# matplotlib), resume through orbax, UEA files through aeon (unequal lengths too), diffrax.
+# matplotlib), resume through orbax, a training step stored by jax.export (flatbuffers) and
+# loaded by a second process, UEA files through aeon (unequal lengths too), diffrax.
 OLDEST_TESTS ?= tests/test_packaging.py tests/test_inputs.py tests/test_scan.py \
 	tests/test_layers.py tests/test_train.py tests/test_data.py tests/test_ode.py \
-	tests/test_auto.py tests/test_uea_archive.py
+	tests/test_auto.py tests/test_uea_archive.py tests/test_program_store.py
 OLDEST_SELECT ?= -k "test_packaging \
 	or (test_inputs and not random_pytrees and not integer_inputs) \
 	or (matches_lax_scan_float32 and 3000-8-gru) or test_gradients_float32 \
 	or vmap_each_sequence or classifier_training_step or resume_after_a_crash \
 	or read_uea_matches_aeon or diffeqsolve_matches_diffrax \
 	or auto_switches_a_stalling_layer or padding_never_changes_a_prediction \
-	or compiled_in_the_background"
+	or compiled_in_the_background or stored_program_is_reused \
+	or second_training_process_loads"
 DOCS_CONFIG := docs/config/mkdocs.yml
 DIST_VENV ?= .cache/dist-venv
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 import rnnscan.train._hosts as _hosts
 
@@ -142,11 +141,23 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._max_to_keep = max_to_keep
+        self._opened = None
+
+    @property
+    def _manager(self):
+        # Made, and orbax imported (~0.15 s), on first use: a fresh run reaches its first
+        # step without either.
+        if self._opened is None:
+            ocp = _orbax()
+            options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
+            self._opened = ocp.CheckpointManager(self.directory, options=options)
+        return self._opened
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or ``None``."""
+        if not self.directory.is_dir() or not any(self.directory.iterdir()):
+            return None
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
@@ -156,6 +167,7 @@ class Checkpointer:
         """Start writing the checkpoint of ``step`` (asynchronously; see :meth:`wait`)."""
         if step in self._manager.all_steps():  # already saved (e.g. a rerun of a finished run)
             return
+        ocp = _orbax()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             best=ocp.args.StandardSave(best),
@@ -165,6 +177,7 @@ class Checkpointer:
 
     def restore(self, step: int, state_like: Any, best_like: Any) -> tuple[Any, Any, dict]:
         """``(state, best, meta)`` of ``step``, with the structure of the given templates."""
+        ocp = _orbax()
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, (state_like, best_like))
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract[0]),
@@ -176,8 +189,16 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous writes are complete."""
-        self._manager.wait_until_finished()
+        if self._opened is not None:
+            self._opened.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        if self._opened is not None:
+            self._opened.wait_until_finished()
+            self._opened.close()
+
+
+def _orbax():
+    import orbax.checkpoint as ocp  # noqa: PLC0415 - imported when a checkpoint is first used
+
+    return ocp

@@ -315,9 +315,9 @@ class _Run:
             while not self._done(loop):
                 batch = self.plan.batch(ds.y_train.shape[0], loop.epoch, loop.position)
                 arrays = batch_arrays(ds.X_train, ds.y_train, ds.lengths_train, batch)
-                lr = float(schedule(loop.step))
                 args = self.layout.batch(*arrays)
                 state, out, timing = self.methods.train_step(state, args, arrays[0].shape)
+                lr = float(schedule(loop.step))  # the step's rate, after it: not on its way
                 loop.step += 1
                 loop.position += 1
                 count = float(out["count"])
