@@ -22,8 +22,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 from tqdm import tqdm
 
 import rnnscan
