@@ -1,6 +1,7 @@
 """Time to the first training step, with an empty and then a warm compilation cache.
 
-``python -m benchmarks.first_step --config configs/train/worm_sample_small.yaml [--runs 2]``
+``python -m benchmarks.first_step --config configs/train/worm_sample_small.yaml [--runs 2]
+[--out PREFIX]``
 
 Launches ``python -m rnnscan.train --config CONFIG --set train.max_steps=2`` ``--runs``
 times against one fresh cache directory (the first run fills it, the others read it: XLA's
@@ -8,7 +9,8 @@ compiled programs and the traced steps) and reports, per run, the seconds from l
 process until its first training record is in ``metrics.jsonl`` (imports, data, tracing,
 compiling or loading, and the step itself); the seconds until it *reached* its first step,
 that less the step's own computing (taken as the second step's ``step_time_s``); and the
-whole command. Everything lives in a temporary directory, removed afterwards.
+whole command; with ``--out``, also ``PREFIX.jsonl`` (provenance, then one record per run).
+Everything else lives in a temporary directory, removed afterwards.
 """
 
 from __future__ import annotations
@@ -55,13 +57,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.first_step", description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--out", help="write PREFIX.jsonl: provenance, then one line per run")
     args = parser.parse_args(argv)
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         reached = []
         for run in range(1, args.runs + 1):
             result = first_step(args.config, cache, Path(tmp) / f"run{run}")
             reached.append(result["first_step_reached_s"])
+            records.append({"run": run, "cache": "empty" if run == 1 else "warm", **result})
             state = "empty cache" if run == 1 else "warm cache"
             print(
                 f"run {run} ({state}): first step reached after "
@@ -71,6 +76,12 @@ def main(argv=None) -> None:
                 + (f"; {reached[0] / reached[-1]:.1f}x sooner than run 1" if run > 1 else ""),
                 flush=True,
             )
+    if args.out:
+        from . import provenance
+
+        meta = provenance.collect({"runs": args.runs}, args.config, [])
+        lines = [{"provenance": meta}, *records]
+        Path(args.out + ".jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 if __name__ == "__main__":

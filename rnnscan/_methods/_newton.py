@@ -94,7 +94,8 @@ class Newton(_Undamped):
 
     def resolved(self, dtype, length, exact_prefix=True, structure=DENSE):
         method = self
-        elementwise = isinstance(structure, Diagonal | BlockDiagonal)
+        jacobian = structure if self.jacobian is None else self.jacobian
+        elementwise = isinstance(jacobian, Diagonal | BlockDiagonal)
         if self.carry_linear and elementwise and self.linear_recurrence == "auto":
             # One element-wise scan and no loop: on CPUs the associative scan runs it a
             # little faster than the chunked passes "auto" picks, whose ~3 sqrt(T) loop steps
