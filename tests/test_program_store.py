@@ -154,3 +154,27 @@ def test_the_store_follows_the_compilation_cache(tmp_path):
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
         store.set_program_directory(None)
+
+
+def test_a_model_class_from_outside_enters_the_key_by_its_source(directory):
+    """A user's own cell (here: a class of this test module) keys the program by its module's
+    source; a class whose source cannot be read turns the store off for that program."""
+
+    class Node:
+        def __init__(self, node_type):
+            self.type = node_type
+
+    class Graph:
+        def __init__(self, *types):
+            self.nodes = [Node(t) for t in types]
+
+    own = Graph(type(store.StoredProgram), dict)  # rnnscan's and builtins' classes: no source
+    assert store._outside_sources(own) == ""
+    assert "def test_a_model_class_from_outside" in store._outside_sources(Graph(Node))
+    sourceless = type("Cell", (), {"__module__": "a_module_that_is_not_loaded"})
+    assert store._outside_sources(Graph(sourceless)) is None
+    state, x = arguments()
+    traces = []
+    step = store.StoredProgram(counted(traces), "step", "identity", Graph(sourceless))
+    step(state, x)
+    assert len(traces) == 1 and not directory.exists()
