@@ -36,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import export as jax_export  # jax < 0.8 has no jax.export attribute until imported
 
 _directory: Path | None = None
 _FORMAT = 1  # bump when the stored file's layout changes
@@ -192,7 +193,7 @@ class StoredProgram:
         if path.exists():
             try:
                 serialized, out_tree = pickle.loads(path.read_bytes())
-                exported = jax.export.deserialize(bytearray(serialized))
+                exported = jax_export.deserialize(bytearray(serialized))
                 self.loaded[signature] = True
                 return jax.jit(exported.call), out_tree
             except Exception as error:  # noqa: BLE001 - a damaged file is traced anew
@@ -214,7 +215,7 @@ class StoredProgram:
             jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=_weak(leaf)) for leaf in leaves
         ]
         try:
-            exported = jax.export.export(jax.jit(flat))(*avals)
+            exported = jax_export.export(jax.jit(flat))(*avals)
             serialized = exported.serialize()
         except Exception as error:  # noqa: BLE001 - e.g. a custom call jax will not export
             warnings.warn(
