@@ -36,26 +36,22 @@ from ._structure import Structure
 
 
 def chunk_size(length: int) -> int:
-    """C ~ sqrt(T), balancing the 2C steps within chunks against the K = T / C between: a
-    divisor of T within a factor 1.5 of sqrt(T) where there is one (no padding to copy),
-    else ceil(sqrt(T))."""
+    """C ~ sqrt(T), balancing the 2C steps within chunks against the K = T / C between: the
+    divisor of T nearest to ceil(sqrt(T)) within a third of it (no padding to copy), else
+    ceil(sqrt(T))."""
     root = math.isqrt(max(length - 1, 0)) + 1
     for distance in range(root // 3 + 1):  # nearest first, the larger one on a tie
         for candidate in (root + distance, root - distance):
-            if candidate >= 1 and length % candidate == 0 and 3 * candidate >= 2 * root:
-                if 2 * candidate <= 3 * root:
-                    return candidate
-    return max(1, root)
+            if candidate >= 1 and length % candidate == 0:
+                return candidate
+    return root
 
 
 def _loop(step, carry, inputs, collect: bool, *, axis: int, start: int = 0):
     """``step`` over ``inputs``' axis ``axis`` (from index ``start``) from ``carry``, by a
     ``while_loop``: ``(carry, outputs stacked on that axis)`` with ``collect``, else
-    ``(carry, None)``. The chunks lead and the time within a chunk is axis 1: reading a step
-    of every chunk is a strided slice, which costs far less than transposing the
-    coefficients to put time first (a full copy of A, the largest array here). (Not
-    ``lax.scan``: nothing here is differentiated, and a ``scan`` would read as a sequential
-    fallback.)"""
+    ``(carry, None)``. (Not ``lax.scan``: nothing here is differentiated, and a ``scan``
+    would read as a sequential fallback.)"""
     length = jax.tree_util.tree_leaves(inputs)[0].shape[axis]
     take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, axis, keepdims=False)
     out = None

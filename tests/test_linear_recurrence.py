@@ -47,7 +47,7 @@ def test_any_chunk_size(chunk):
 
 
 def test_chunk_size_balances_the_passes():
-    # ~sqrt(T), a divisor of T within a factor 1.5 of it where there is one (10,001 =
+    # ~sqrt(T), a divisor of T within a third of it where there is one (10,001 =
     # 73 x 137; 4,000 = 50 x 80), else ceil(sqrt(T)) with padding (17,984 = 2^6 x 281).
     lengths = (1, 2, 4, 5, 100, 4_000, 10_001, 17_984)
     assert [chunk_size(T) for T in lengths] == [1, 2, 2, 3, 10, 50, 73, 135]
