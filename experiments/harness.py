@@ -31,6 +31,7 @@ from tqdm import tqdm
 import rnnscan
 from benchmarks import provenance as _provenance
 from benchmarks import settings
+from benchmarks._timing import interleaved_times
 
 METHOD_NAMES = rnnscan.METHOD_NAMES
 REPO_ROOT = _provenance.REPO_ROOT
@@ -134,13 +135,9 @@ def method(spec: str | dict[str, Any]) -> tuple[str, rnnscan.Method | str]:
 
 def interleaved_medians(programs: dict[str, Callable], args, repeats: int) -> dict[str, float]:
     """Median seconds of each program over ``repeats`` rounds, the programs called in turn in
-    each round (a drift in the machine's load hits them alike)."""
-    times: dict[str, list[float]] = {name: [] for name in programs}
-    for _ in range(repeats):
-        for name, fn in programs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
+    each round (a drift in the machine's load hits them alike; the suite's
+    ``interleaved_times``)."""
+    times = interleaved_times(programs, args, repeats)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
